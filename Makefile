@@ -1,0 +1,26 @@
+# Two commands do all set-up on a fresh machine: `make demo` (main job) and `make test` (test suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= digits
+DEMO_ARGS ?=
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/r18lab train recipes/demo.yaml --out runs/demo-$(notdir $(basename $(basename $(DATA)))) data.source=$(DATA) $(DEMO_ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q --durations=10
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/r18lab bench
+
+.PHONY: install demo test bench

@@ -1,0 +1,5 @@
+"""r18lab: training-time methods and diagnostics for ResNet-18-class image classifiers."""
+from .models import create_model
+
+__version__ = "0.1.0"
+__all__ = ["create_model", "__version__"]

@@ -1,0 +1,282 @@
+"""`r18lab` command line: train | eval | export | data | runs | models | analyze | protocol | report | bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from .errors import ConfigError, R18Error
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def add(fn):
+        COMMANDS[name] = fn
+        return fn
+    return add
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# -- train / eval / export -----------------------------------------------------------------------
+@command("train")
+def cmd_train(a: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train.run import execute, open_store
+
+    if a.config and "=" in a.config and not Path(a.config).exists():
+        a.overrides, a.config = [a.config, *a.overrides], None  # no file: only key=value overrides
+    cfg = load_config(a.config, a.overrides, a.scale)
+    out = Path(a.out) if a.out else Path("runs") / (Path(a.config).stem if a.config else "default")
+    summary = execute(cfg, out, resume=a.resume, store=open_store(a.store))
+    _print_result_table(summary)
+    from .results.report import report_run
+    print(report_run(out))
+    print(f"run directory: {out}")
+    return 0
+
+
+def _print_result_table(summary: dict) -> None:
+    rows = [(k.split("/")[1], v) for k, v in summary["final"].items() if k.endswith("/acc")]
+    print("| head | test accuracy (%) |\n|---|---|")
+    for head, acc in rows:
+        print(f"| {head} | {acc:.2f} |")
+    print(f"trained {summary['steps']} steps on {summary['num_train']} images in {summary['train_seconds']:.1f} s "
+          f"({summary['device']})")
+
+
+@command("eval")
+def cmd_eval(a: argparse.Namespace) -> int:
+    import torch
+    from .data import load
+    from .data.augment import channel_stats
+    from .data.loader import to_device_tensors
+    from .train.engine import Normalizer, evaluate, load_model, pick_device
+
+    device = pick_device(a.device)
+    model = load_model(a.weights, device)
+    from .config import parse_overrides
+    opts = parse_overrides(a.options)
+    train, test = load(a.data, split="train", **opts), load(a.data, split=a.split, **opts)
+    mean, std = channel_stats(train)
+    x, y = to_device_tensors(test, device)
+    if model.num_classes != train.num_classes:
+        raise ConfigError(f"model has {model.num_classes} classes but {a.data} has {train.num_classes}")
+    with torch.no_grad():
+        res = evaluate(model, x, y, Normalizer(list(mean), list(std)).to(device), a.batch_size)
+    _print_json(res) if a.json else [print(f"{k}: {v:.4f}") for k, v in res.items()]
+    return 0
+
+
+@command("export")
+def cmd_export(a: argparse.Namespace) -> int:
+    from .models import export_state
+    from .train.checkpoint import save_model
+    from .registry import HEADS
+    from .train.checkpoint import model_spec_of
+    from .train.engine import load_model
+
+    model = load_model(a.weights)
+    keep = [h.strip() for h in a.keep.split(",") if h.strip()]
+    state = export_state(model, keep)
+    spec = model_spec_of(Path(a.weights))
+    dropped = [h for h in spec["heads"] if h not in keep]
+    spec = {k: v for k, v in spec.items() if not any(k.startswith(h + "_") for h in dropped)}
+    spec.update(heads=keep, peers=1)
+    if not any(HEADS.get(h).gates_main for h in keep if h != "main"):
+        spec["gate"] = None  # forward is unchanged: the gate is the identity in the forward pass
+    save_model(model, Path(a.out), spec, state=state)
+    print(f"wrote {a.out}: heads {keep}, {sum(v.numel() for k, v in state.items() if 'running' not in k and 'num_batches' not in k):,} parameters")
+    return 0
+
+
+# -- data ----------------------------------------------------------------------------------------
+@command("data")
+def cmd_data(a: argparse.Namespace) -> int:
+    from .data import info
+    result = info.prepare(a.source) if a.action == "prepare" else info.inspect(a.source, a.split)
+    _print_json(result)
+    return 0
+
+
+# -- runs ----------------------------------------------------------------------------------------
+@command("runs")
+def cmd_runs(a: argparse.Namespace) -> int:
+    from .train.run import open_store
+    store = open_store(a.store)
+    if a.action == "list":
+        rows = store.list(status=a.status, protocol=a.protocol)
+        if a.json:
+            _print_json(rows)
+            return 0
+        print(f"{'status':9} {'wall s':>8}  {'main acc':>8}  run")
+        for r in rows:
+            acc = (r.get("metrics") or {}).get("eval/main/acc")
+            wall = r.get("wall_seconds")
+            print(f"{r['status']:9} {wall if wall is None else round(wall, 1)!s:>8}  "
+                  f"{'' if acc is None else f'{acc:.2f}':>8}  {r['run_id']}")
+        return 0
+    row = store.get(a.run_id)
+    if row is None:
+        raise R18Error(f"no run {a.run_id!r} in {store.path}; `r18lab runs list` shows the run ids")
+    _print_json(row)
+    return 0
+
+
+# -- models --------------------------------------------------------------------------------------
+@command("models")
+def cmd_models(a: argparse.Namespace) -> int:
+    from .analysis.cost import count_flops, count_params, head_params
+    from .config import build_config, parse_overrides
+    from .train.engine import build_from_spec, model_spec
+
+    tree = parse_overrides(a.overrides)
+    num_classes = tree.pop("num_classes", 10)
+    image_size = tree.pop("image_size", None)
+    in_channels = tree.get("in_channels", 3)
+    from .config import ModelConfig
+    known = set(ModelConfig.model_fields)
+    model_tree = {"name": a.name, **{k: v for k, v in tree.items() if k in known}}
+    model_tree["options"] = {**model_tree.get("options", {}), **{k: v for k, v in tree.items() if k not in known}}
+    cfg = build_config({"model": model_tree})
+    model = build_from_spec(model_spec(cfg, int(num_classes)))
+    size = image_size or (32 if cfg.model.stem == "cifar" else 224)
+    info = {"name": a.name, "params": count_params(model), "flops": count_flops(model, (in_channels, size, size)),
+            "head_params": head_params(model), "image_size": size, "num_classes": int(num_classes),
+            "flops_convention": "multiply-accumulates of conv and linear layers"}
+    if a.json:
+        _print_json(info)
+    else:
+        for k, v in info.items():
+            print(f"{k}: {v:,}" if isinstance(v, int) else f"{k}: {v}")
+    return 0
+
+
+# -- analysis, protocols, reports, bench -------------------------------------------------------
+@command("analyze")
+def cmd_analyze(a: argparse.Namespace) -> int:
+    from .analysis.commands import run_analysis
+    return run_analysis(a)
+
+
+@command("protocol")
+def cmd_protocol(a: argparse.Namespace) -> int:
+    from .protocols.commands import run_protocol
+    return run_protocol(a)
+
+
+@command("report")
+def cmd_report(a: argparse.Namespace) -> int:
+    from .results.report import report_run
+    print(report_run(Path(a.run_dir), Path(a.out) if a.out else None))
+    return 0
+
+
+@command("bench")
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import run_bench
+    return run_bench(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="r18lab", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one configuration")
+    t.add_argument("config", nargs="?", help="YAML config (default: the embedded default, digits)")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 model.heads=[main,fr]")
+    t.add_argument("--out", help="run directory (default runs/<config name>)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--scale", help="apply the config's named scale (tiny, small, paper)")
+    t.add_argument("--store", help="results store (default $R18LAB_STORE or runs/index.sqlite)")
+
+    e = sub.add_parser("eval", help="evaluate saved weights on a dataset")
+    e.add_argument("weights")
+    e.add_argument("data")
+    e.add_argument("options", nargs="*", help="source options, e.g. image_size=32 (as data.options in training)")
+    e.add_argument("--split", default="test")
+    e.add_argument("--batch-size", type=int, default=512)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true")
+
+    x = sub.add_parser("export", help="write the model with only the kept heads")
+    x.add_argument("weights")
+    x.add_argument("--keep", default="main", help="comma-separated heads to keep (default main)")
+    x.add_argument("--out", required=True)
+
+    d = sub.add_parser("data", help="prepare (decode into the cache) or inspect a dataset")
+    d.add_argument("action", choices=["prepare", "inspect"])
+    d.add_argument("source")
+    d.add_argument("--split", default="train")
+
+    r = sub.add_parser("runs", help="list or show runs in the results store")
+    r.add_argument("action", choices=["list", "show"])
+    r.add_argument("run_id", nargs="?")
+    r.add_argument("--status")
+    r.add_argument("--protocol")
+    r.add_argument("--store")
+    r.add_argument("--json", action="store_true")
+
+    m = sub.add_parser("models", help="parameters and FLOPs of a configured model")
+    m.add_argument("action", choices=["info"])
+    m.add_argument("name")
+    m.add_argument("overrides", nargs="*", help="num_classes=10 stem=imagenet heads=[main,fr] fr_dim=64 ...")
+    m.add_argument("--json", action="store_true")
+
+    an = sub.add_parser("analyze", help="analyses of trained weights")
+    an.add_argument("analysis", choices=["spectrum"])
+    an.add_argument("path", help="model.safetensors")
+    an.add_argument("--xmin", default="median", choices=["median", "ks"])
+    an.add_argument("--json", action="store_true")
+    an.add_argument("--csv")
+    an.add_argument("--plot", help="PNG path for alpha by depth")
+    an.add_argument("--esd-layer", help="layer whose ESD to plot (with --esd-plot)")
+    an.add_argument("--esd-plot")
+
+    pr = sub.add_parser("protocol", help="run a multi-run protocol")
+    pr.add_argument("name", choices=["lowdata"])
+    pr.add_argument("config")
+    pr.add_argument("overrides", nargs="*")
+    pr.add_argument("--scale")
+    pr.add_argument("--out", help="protocol directory (default runs/<name>)")
+    pr.add_argument("--workers", type=int, default=1)
+    pr.add_argument("--store")
+
+    rp = sub.add_parser("report", help="plots and tables of a run directory")
+    rp.add_argument("run_dir")
+    rp.add_argument("--out")
+
+    b = sub.add_parser("bench", help="engine vs bare PyTorch throughput, augmentation, FLOP/s")
+    b.add_argument("--steps", type=int, default=6)
+    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--width", type=float, default=1.0)
+    b.add_argument("--device", default="auto")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except R18Error as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

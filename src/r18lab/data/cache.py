@@ -1,0 +1,126 @@
+"""Decode cache: each path source decoded once into memory-mapped .npy files, written atomically.
+
+An entry is a folder `<root>/<name>-<hash>/` holding `meta.json` and, per split, `<split>.images.npy`
+(uint8 N×H×W×C, opened with mmap) and `<split>.labels.npy` (int64). The hash covers the source's
+identity: absolute path, total size, latest mtime, file count, options and CACHE_FORMAT. An entry is
+built in a hidden `.partial-` folder and renamed into place, so a killed decode never leaves a
+half-written entry; an entry that fails its checks (missing file, wrong shape, bad labels) is rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+from .dataset import Dataset
+
+CACHE_FORMAT = 1
+CACHE_ENV = "R18LAB_CACHE"
+
+
+def cache_root() -> Path:
+    """The cache folder: $R18LAB_CACHE, else ~/.cache/r18lab."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "r18lab"
+
+
+def source_identity(path: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """What a cached decode of path depends on: location, size, mtime, file count, options, format."""
+    path = path.resolve()
+    if path.is_dir():
+        stats = [os.stat(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files]
+    else:
+        stats = [path.stat()]
+    return {
+        "path": str(path),
+        "size": sum(s.st_size for s in stats),
+        "mtime_ns": max((s.st_mtime_ns for s in stats), default=0),
+        "files": len(stats),
+        "options": {k: options[k] for k in sorted(options)},
+        "format": CACHE_FORMAT,
+    }
+
+
+def entry_dir(identity: dict[str, Any]) -> Path:
+    """The cache folder of one source identity."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_root() / f"{Path(identity['path']).name}-{digest}"
+
+
+def open_entry(entry: Path, identity: dict[str, Any]) -> dict[str, Dataset] | None:
+    """All splits of a valid entry as mmap-backed Datasets; None if the entry is missing or fails a check."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        if meta.get("identity") != identity:
+            return None
+        return {split: _open_split(entry, split, info) for split, info in meta["splits"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _open_split(entry: Path, split: str, info: dict[str, Any]) -> Dataset:
+    """One split of an entry; ValueError if a file disagrees with meta.json."""
+    images = np.load(entry / f"{split}.images.npy", mmap_mode="r", allow_pickle=False)
+    labels = np.load(entry / f"{split}.labels.npy", allow_pickle=False)
+    classes = list(info["classes"])
+    if images.dtype != np.uint8 or list(images.shape) != info["shape"] or images.ndim != 4:
+        raise ValueError(f"images of {split} do not match meta.json")
+    if labels.dtype != np.int64 or labels.shape != (len(images),):
+        raise ValueError(f"labels of {split} do not match meta.json")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise ValueError(f"labels of {split} out of range")
+    return Dataset(images, labels, classes, info["name"])
+
+
+def write_entry(entry: Path, identity: dict[str, Any], splits: dict[str, Dataset]) -> None:
+    """Write all splits to entry atomically, replacing a stale or corrupt one."""
+    partial = entry.parent / f".partial-{entry.name}-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_partials(entry)
+        partial.mkdir()
+        meta: dict[str, Any] = {"identity": identity, "splits": {}}
+        for split, ds in splits.items():
+            np.save(partial / f"{split}.images.npy", np.ascontiguousarray(ds.images), allow_pickle=False)
+            np.save(partial / f"{split}.labels.npy", ds.labels.astype(np.int64), allow_pickle=False)
+            meta["splits"][split] = {"shape": list(ds.images.shape), "classes": list(ds.classes), "name": ds.name}
+        (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+        if entry.exists():
+            shutil.rmtree(entry)
+        try:
+            os.rename(partial, entry)
+        except OSError:
+            if open_entry(entry, identity) is None:  # not a concurrent writer's finished entry
+                raise
+    except OSError as exc:
+        raise DataError(
+            f"cannot write the decode cache at {entry} ({exc}); set {CACHE_ENV} to a writable folder or pass cache=False"
+        ) from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _sweep_partials(entry: Path) -> None:
+    """Remove partial folders of this entry whose writing process is gone (a killed decode)."""
+    for partial in entry.parent.glob(f".partial-{entry.name}-*"):
+        pid = partial.name[len(f".partial-{entry.name}-"):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """True if a process with this id exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

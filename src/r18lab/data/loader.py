@@ -1,0 +1,85 @@
+"""On-device batching: the order and augmentation of epoch e depend only on (seed, e)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .augment import Augment
+from .dataset import Dataset
+
+
+def to_device_tensors(dataset: Dataset, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 N×C×H×W images, int64 labels) of a Dataset on device."""
+    images = np.ascontiguousarray(np.asarray(dataset.images).transpose(0, 3, 1, 2))
+    labels = np.array(dataset.labels, dtype=np.int64)
+    return torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple of non-negative ints (mixed by numpy's SeedSequence)."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)
+    return torch.Generator(device="cpu").manual_seed(int(state[0] >> np.uint64(1)))
+
+
+class BatchLoader:
+    """Yields (x float32, y) batches from tensors already on device; call set_epoch(e) before each epoch.
+
+    Epoch e's permutation comes from a generator seeded by (seed, e) and batch b's augmentation from one
+    seeded by (seed, e, b), so any epoch, or the tail of one from set_epoch(e, start=b), replays exactly.
+    Without an augment the batch is x/255 in float32 (no normalisation) and views is ignored.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        augment: Augment | None = None,
+        views: int = 1,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise DataError(f"BatchLoader needs uint8 N×C×H×W images, got {images.dtype} {tuple(images.shape)}; use to_device_tensors")
+        if labels.shape[:1] != images.shape[:1]:
+            raise DataError(f"{len(images)} images but {len(labels)} labels; pass matching tensors")
+        if batch_size < 1 or seed < 0 or views < 1:
+            raise DataError(f"batch_size and views must be >= 1 and seed >= 0, got {batch_size}, {views}, {seed}")
+        if drop_last and batch_size > len(images):
+            raise DataError(f"batch_size {batch_size} exceeds the {len(images)} examples with drop_last; lower it")
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.augment, self.views = seed, augment, views
+        self.epoch, self.start = 0, 0
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select epoch `epoch`; iterations begin at its batch `start` (to resume mid-epoch) until set again."""
+        if epoch < 0 or not 0 <= start <= len(self):
+            raise DataError(f"epoch must be >= 0 and start in 0..{len(self)}, got {epoch}, {start}")
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> torch.Tensor:
+        """This epoch's example order on the images' device."""
+        n = len(self.images)
+        if not self.shuffle:
+            return torch.arange(n, device=self.images.device)
+        return torch.randperm(n, generator=seeded_generator(self.seed, self.epoch)).to(self.images.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]]:
+        order = self.order()
+        for b in range(self.start, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x = self.images[idx]
+            if self.augment is None:
+                yield x.float().div_(255), self.labels[idx]
+            else:
+                yield self.augment(x, seeded_generator(self.seed, self.epoch, b), views=self.views), self.labels[idx]

@@ -1,0 +1,82 @@
+"""Classification heads on the pooled backbone feature; each is looked up by name in HEADS."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..registry import HEADS
+
+
+class Head(nn.Module):
+    """A head maps (pooled features, stage maps) to logits; `needs_stages` asks for the stage maps."""
+
+    needs_stages = False
+    #: True when this head teaches the `main` head through the gradient gate (paper 000, sec. 2.1).
+    gates_main = False
+
+    def forward(self, features: torch.Tensor, stages: list[torch.Tensor]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class _GradientGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.factor, None
+
+
+def gradient_gate(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Identity forward; backward multiplies the gradient by `factor` (0 blocks it; paper 000, sec. 2.1)."""
+    return x if factor == 1.0 else _GradientGate.apply(x, factor)
+
+
+@HEADS.register("main")
+class LinearHead(Head):
+    """The plain linear classifier (torchvision's `fc`)."""
+
+    def __init__(self, num_features: int, num_classes: int, **_: object) -> None:
+        super().__init__()
+        self.fc = nn.Linear(num_features, num_classes)
+
+    def forward(self, features: torch.Tensor, stages: list[torch.Tensor]) -> torch.Tensor:
+        return self.fc(features)
+
+
+@HEADS.register("fr")
+class FeatureRefiner(Head):
+    """Feature Refiner (paper 000, sec. 2.1): Linear(d→f)→LN→[Linear(f→f)→ReLU]×depth→Linear(f→f)→LN→Linear(f→C).
+
+    Ablations of sec. 3.5 are options: `layernorm=False` drops both LayerNorms, `activation=False`
+    drops the ReLUs, `depth=0` leaves Linear(d→f)→Linear(f→C) ("512x64 w/o activation").
+    """
+
+    gates_main = True
+
+    def __init__(self, num_features: int, num_classes: int, *, dim: int = 64, depth: int = 1,
+                 layernorm: bool = True, activation: bool = True, **_: object) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(num_features, dim)]
+        if layernorm:
+            layers.append(nn.LayerNorm(dim))
+        if depth > 0:
+            for _i in range(depth):
+                layers.append(nn.Linear(dim, dim))
+                if activation:
+                    layers.append(nn.ReLU(inplace=True))
+            layers.append(nn.Linear(dim, dim))
+            if layernorm:
+                layers.append(nn.LayerNorm(dim))
+        layers.append(nn.Linear(dim, num_classes))
+        self.refiner = nn.Sequential(*layers)
+
+    def forward(self, features: torch.Tensor, stages: list[torch.Tensor]) -> torch.Tensor:
+        return self.refiner(features)
+
+
+def refiner_param_count(d: int, f: int, c: int) -> int:
+    """FR overhead d·f + 2f² + 7f + (f+1)·C (paper 000, sec. 2.1 with LayerNorm affine)."""
+    return d * f + 2 * f * f + 7 * f + (f + 1) * c

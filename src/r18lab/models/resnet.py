@@ -1,0 +1,132 @@
+"""ResNet-18/34/50 backbones with torchvision's parameter names (He et al. 2016; torchvision layout)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..registry import BACKBONES
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convs with an identity (or 1×1 projection) shortcut; torchvision names."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, residual: bool = True) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(cin, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = _projection(cin, planes, stride) if residual and (stride != 1 or cin != planes) else None
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1×1 → 3×3 → 1×1 convs, stride on the 3×3 (torchvision 'ResNet v1.5'), expansion 4."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, residual: bool = True) -> None:
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _projection(cin, out, stride) if residual and (stride != 1 or cin != out) else None
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
+
+
+def _projection(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
+class ResNet(nn.Module):
+    """Backbone only: stem, four stages, global average pool. `forward_features` → (pooled, stage maps)."""
+
+    def __init__(self, block: type, layers: list[int], *, stem: str = "cifar", width: float = 1.0,
+                 in_channels: int = 3, residual: bool = True) -> None:
+        super().__init__()
+        if stem not in ("cifar", "imagenet"):
+            from ..errors import ConfigError
+            raise ConfigError(f"unknown stem {stem!r}; choose one of: cifar, imagenet")
+        planes = [max(1, round(p * width)) for p in (64, 128, 256, 512)]
+        self.stem_name = stem
+        if stem == "cifar":
+            self.conv1 = nn.Conv2d(in_channels, planes[0], 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(in_channels, planes[0], 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.bn1 = nn.BatchNorm2d(planes[0])
+        self.relu = nn.ReLU(inplace=True)
+        cin = planes[0]
+        for i, (p, n) in enumerate(zip(planes, layers)):
+            blocks = []
+            for j in range(n):
+                blocks.append(block(cin, p, stride=(1 if i == 0 or j > 0 else 2), residual=residual))
+                cin = p * block.expansion
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = cin
+        self.stage_channels = [p * block.expansion for p in planes]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor, stages: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        maps = []
+        for i in range(1, 5):
+            x = getattr(self, f"layer{i}")(x)
+            if stages:
+                maps.append(x)
+        return torch.flatten(self.avgpool(x), 1), maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[0]
+
+
+@BACKBONES.register("resnet18")
+def resnet18(**kw) -> ResNet:
+    """ResNet-18: BasicBlock × [2, 2, 2, 2] (He et al. 2016, Table 1)."""
+    return ResNet(BasicBlock, [2, 2, 2, 2], **kw)
+
+
+@BACKBONES.register("resnet34")
+def resnet34(**kw) -> ResNet:
+    """ResNet-34: BasicBlock × [3, 4, 6, 3] (He et al. 2016, Table 1)."""
+    return ResNet(BasicBlock, [3, 4, 6, 3], **kw)
+
+
+@BACKBONES.register("resnet50")
+def resnet50(**kw) -> ResNet:
+    """ResNet-50: Bottleneck × [3, 4, 6, 3] (He et al. 2016, Table 1)."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], **kw)

@@ -1,0 +1,92 @@
+"""The low-data protocol (paper 000, sec. 3.1): nested labelled pools, re-initialised model per cycle,
+N seeds, a list of methods on identical splits; tables with paired tests and an accuracy-vs-labels plot."""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from ..config import Strict, _deep_merge, build_config, config_dict, read_yaml, parse_overrides
+from ..errors import ConfigError
+from ..results.store import config_hash
+from .methods import METHODS
+
+
+class LowDataSettings(Strict):
+    labels: list[int] = Field(default_factory=lambda: list(range(1000, 10001, 1000)))
+    seeds: list[int] = [0, 1, 2, 3, 4]
+    methods: list[str] = ["resnet18", "fr-resnet18"]
+    method_defs: dict[str, dict[str, Any]] = {}
+
+
+@dataclass
+class RunSpec:
+    """One run of a protocol: its config tree, where it goes, its store id, and what it depends on."""
+
+    run_id: str
+    config: dict[str, Any]
+    out_dir: Path
+    tags: dict[str, Any]
+    eval_head: str = "main"
+    teacher_of: str | None = None  # run_id whose model.safetensors becomes this run's teacher
+    depends: list[str] = field(default_factory=list)
+
+
+def load_protocol(path: str | Path, overrides: list[str], scale: str | None) -> tuple[LowDataSettings, dict]:
+    """Recipe file → (protocol settings, base run-config tree) with the scale overlay and overrides applied."""
+    tree = read_yaml(path)
+    scales = tree.pop("scales", {}) or {}
+    if scale is not None:
+        if scale not in scales:
+            raise ConfigError(f"unknown scale {scale!r}; {path} defines: {', '.join(scales) or 'none'}")
+        tree = _deep_merge(tree, scales[scale])
+    tree = _deep_merge(tree, parse_overrides(overrides))
+    try:
+        settings = LowDataSettings.model_validate(tree.pop("protocol", {}) or {})
+    except Exception as e:  # pydantic ValidationError → one line
+        errs = getattr(e, "errors", lambda: [{"loc": ("protocol",), "msg": str(e)}])()
+        loc = "protocol." + ".".join(str(x) for x in errs[0]["loc"])
+        raise ConfigError(f"invalid {loc!r}: {errs[0]['msg']}") from None
+    if sorted(settings.labels) != settings.labels or len(set(settings.labels)) != len(settings.labels):
+        raise ConfigError(f"protocol.labels must be strictly increasing, got {settings.labels}")
+    build_config(tree)  # validate the base config early, naming any bad key
+    return settings, tree
+
+
+def method_overlay(name: str, settings: LowDataSettings) -> dict[str, Any]:
+    defs = {**METHODS, **settings.method_defs}
+    if name not in defs:
+        raise ConfigError(f"unknown method {name!r}; choose from: {', '.join(sorted(defs))}")
+    return copy.deepcopy(defs[name])
+
+
+def plan(settings: LowDataSettings, base: dict, out_root: Path) -> list[RunSpec]:
+    """All runs, teachers first: cycle × seed × method, each on the pool (labels, split_seed = seed)."""
+    specs: dict[str, RunSpec] = {}
+
+    def add(method: str, n: int, seed: int) -> str:
+        overlay = method_overlay(method, settings)
+        eval_head = overlay.pop("eval_head", "main")
+        teacher_method = overlay.pop("teacher_method", None)
+        tree = _deep_merge(base, overlay)
+        tree = _deep_merge(tree, {"seed": seed, "data": {"labels": n, "split_seed": seed}})
+        teacher_id = add(teacher_method, n, seed) if teacher_method else None
+        if teacher_id:
+            tree["teacher"] = str(specs[teacher_id].out_dir / "model.safetensors")
+        cfg = config_dict(build_config(tree))
+        run_id = f"lowdata/{method}/n{n}/s{seed}/{config_hash(cfg)}"
+        if run_id not in specs:
+            specs[run_id] = RunSpec(run_id, cfg, out_root / f"n{n}" / method / f"seed{seed}",
+                                    {"method": method, "labels": n, "seed": seed}, eval_head,
+                                    teacher_id, [teacher_id] if teacher_id else [])
+        return run_id
+
+    for n in settings.labels:
+        for seed in settings.seeds:
+            for method in settings.methods:
+                add(method, n, seed)
+    return list(specs.values())

@@ -1,0 +1,279 @@
+"""SQLite index of runs (WAL mode), safe with several processes writing at once.
+
+Every operation opens its own short-lived connection, so a `RunStore` is cheap, picklable and
+safe to share between processes. Writes use `BEGIN IMMEDIATE` (the write lock is taken up
+front, so two writers never deadlock upgrading a read lock), SQLite's busy timeout waits for
+the lock, and an outer retry loop with backoff covers the SQLITE_BUSY cases the busy handler
+does not (e.g. switching to WAL while another process holds the database).
+WAL needs a local filesystem: do not put the store on NFS/SMB.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import ConfigError, DataError, R18Error
+from .jsonutil import canonical, dumps
+
+STATUSES = ("running", "done", "failed", "diverged")
+FINAL_STATUSES = ("done", "failed", "diverged")
+
+BUSY_TIMEOUT_MS = 30_000
+RETRY_DEADLINE_S = 120.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id       TEXT PRIMARY KEY,
+    config_hash  TEXT NOT NULL,
+    config_json  TEXT NOT NULL,
+    protocol     TEXT,
+    tags_json    TEXT NOT NULL DEFAULT '[]',
+    out_dir      TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'diverged')),
+    created_at   REAL NOT NULL,
+    started_at   REAL NOT NULL,
+    finished_at  REAL,
+    wall_seconds REAL,
+    metrics_json TEXT,
+    message      TEXT NOT NULL DEFAULT '',
+    host         TEXT,
+    pid          INTEGER
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+CREATE INDEX IF NOT EXISTS runs_protocol ON runs(protocol);
+CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at);
+"""
+
+T = TypeVar("T")
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """First 16 hex chars of sha256(canonical JSON of `config`: sorted keys, no whitespace)."""
+    try:
+        text = canonical(config)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"config cannot be hashed ({exc}); use only str/int/float/bool/None/list/dict values"
+        ) from None
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """True for the transient 'database is locked' / 'database is busy' errors."""
+    msg = str(exc).lower()
+    return "locked" in msg or "busy" in msg
+
+
+class RunStore:
+    """Index of runs in one SQLite file: start/finish runs, look them up, list them newest first."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise DataError(f"run store {self.path} is a folder; pass a file path such as {self.path / 'runs.sqlite'}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._retry(self._init_db)
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.path)!r})"
+
+    # -- connection plumbing -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A fresh autocommit connection with the busy timeout set; closed on exit."""
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.row_factory = sqlite3.Row
+            yield conn
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A connection inside one short `BEGIN IMMEDIATE ... COMMIT` transaction."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        """Run `fn`, retrying with jittered exponential backoff while the database is locked."""
+        deadline = time.monotonic() + RETRY_DEADLINE_S
+        delay = 0.01
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise R18Error(
+                        f"run store {self.path} stayed locked for {RETRY_DEADLINE_S:.0f} s; "
+                        "stop the process holding it or use a separate store"
+                    ) from exc
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+
+    def _init_db(self) -> None:
+        with self._connect() as conn:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise DataError(f"run store {self.path} cannot use WAL mode (got {mode}); put it on a local disk")
+            conn.executescript(_SCHEMA)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def start(
+        self,
+        run_id: str,
+        *,
+        config: Mapping[str, Any],
+        out_dir: str | os.PathLike[str],
+        protocol: str | None = None,
+        tags: Sequence[str] | Mapping[str, Any] | None = None,
+    ) -> None:
+        """Insert `run_id` as running, or mark an existing row running again (created_at kept).
+
+        Restarting clears finished_at, wall_seconds, metrics and message of the earlier attempt.
+        """
+        if not isinstance(run_id, str) or not run_id:
+            raise ConfigError(f"run_id must be a non-empty string, got {run_id!r}")
+        chash = config_hash(config)
+        config_json = canonical(config)
+        tags_json = _tags_json(tags)
+        now = time.time()
+        values = (run_id, chash, config_json, protocol, tags_json, os.fspath(out_dir), now, now,
+                  socket.gethostname(), os.getpid())
+
+        def op() -> None:
+            with self._write() as conn:
+                conn.execute(
+                    """
+                    INSERT INTO runs (run_id, config_hash, config_json, protocol, tags_json, out_dir,
+                                      status, created_at, started_at, host, pid)
+                    VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)
+                    ON CONFLICT(run_id) DO UPDATE SET
+                        config_hash = excluded.config_hash, config_json = excluded.config_json,
+                        protocol = excluded.protocol, tags_json = excluded.tags_json,
+                        out_dir = excluded.out_dir, status = 'running',
+                        started_at = excluded.started_at, finished_at = NULL, wall_seconds = NULL,
+                        metrics_json = NULL, message = '', host = excluded.host, pid = excluded.pid
+                    """,
+                    values,
+                )
+
+        self._retry(op)
+
+    def finish(
+        self, run_id: str, metrics: Mapping[str, Any], status: str = "done", message: str = ""
+    ) -> None:
+        """Record the final `metrics`, `status` (done|failed|diverged) and wall time of a started run."""
+        if status not in FINAL_STATUSES:
+            raise ConfigError(f"finish status {status!r} is invalid; use one of {', '.join(FINAL_STATUSES)}")
+        try:
+            metrics_json = dumps(dict(metrics))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"metrics of run {run_id!r} are not JSON-serialisable ({exc}); pass plain numbers") from None
+        now = time.time()
+
+        def op() -> int:
+            with self._write() as conn:
+                cur = conn.execute(
+                    """
+                    UPDATE runs SET status = ?, finished_at = ?, wall_seconds = ? - started_at,
+                                    metrics_json = ?, message = ?
+                    WHERE run_id = ?
+                    """,
+                    (status, now, now, metrics_json, message, run_id),
+                )
+                return cur.rowcount
+
+        if self._retry(op) == 0:
+            raise DataError(f"run {run_id!r} is not in {self.path}; call start() before finish()")
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        """The run as a dict (config/tags/metrics decoded from JSON), or None if unknown."""
+
+        def op() -> sqlite3.Row | None:
+            with self._connect() as conn:
+                return conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+
+        row = self._retry(op)
+        return None if row is None else _decode(row)
+
+    def list(
+        self, status: str | None = None, protocol: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Runs matching the filters, newest created first (ties: later insert first)."""
+        if status is not None and status not in STATUSES:
+            raise ConfigError(f"unknown run status {status!r}; use one of {', '.join(STATUSES)}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ConfigError(f"limit must be a non-negative integer or None, got {limit!r}")
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if protocol is not None:
+            where.append("protocol = ?")
+            params.append(protocol)
+        sql = "SELECT * FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, rowid DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+
+        def op() -> list[sqlite3.Row]:
+            with self._connect() as conn:
+                return conn.execute(sql, params).fetchall()
+
+        return [_decode(r) for r in self._retry(op)]
+
+    def done(self, run_id: str) -> bool:
+        """True if `run_id` finished with status 'done'."""
+
+        def op() -> sqlite3.Row | None:
+            with self._connect() as conn:
+                return conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+
+        row = self._retry(op)
+        return row is not None and row["status"] == "done"
+
+
+def _tags_json(tags: Sequence[str] | Mapping[str, Any] | None) -> str:
+    """Tags as JSON: None -> [], a list/tuple of strings -> list, a mapping -> object."""
+    if tags is None:
+        return "[]"
+    if isinstance(tags, Mapping):
+        return dumps(dict(tags))
+    if isinstance(tags, (list, tuple)) and all(isinstance(t, str) for t in tags):
+        return dumps(list(tags))
+    raise ConfigError(f"tags must be a list of strings or a dict, got {tags!r}")
+
+
+def _decode(row: sqlite3.Row) -> dict[str, Any]:
+    """Row -> dict; *_json columns become `config`, `tags`, `metrics` (metrics None while running)."""
+    out = dict(row)
+    out["config"] = json.loads(out.pop("config_json"))
+    out["tags"] = json.loads(out.pop("tags_json"))
+    metrics_json = out.pop("metrics_json")
+    out["metrics"] = None if metrics_json is None else json.loads(metrics_json)
+    return out

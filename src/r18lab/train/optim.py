@@ -1,0 +1,69 @@
+"""Optimizers with per-layer parameter groups and step-wise learning-rate schedules."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import OptimConfig, ScheduleConfig
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+
+
+def layer_of_parameters(model: nn.Module) -> dict[str, str]:
+    """Parameter name → owning Conv/Linear layer name; a norm layer follows the conv/linear before it."""
+    owner: dict[str, str] = {}
+    last_layer = None
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            last_layer = name
+        elif not (isinstance(module, _NORMS) and last_layer is not None):
+            continue
+        for pname, _ in module.named_parameters(recurse=False):
+            owner[f"{name}.{pname}" if name else pname] = last_layer
+    return owner
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
+    """One group per Conv/Linear layer (with its norm), keyed `layer`, each with `lr_scale` 1.0 for hooks."""
+    owner = layer_of_parameters(model)
+    norm_params = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
+    groups: dict[tuple[str, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = no_decay_norm_bias and (p.ndim <= 1 or id(p) in norm_params)
+        key = (owner.get(name, ""), no_decay)
+        g = groups.setdefault(key, {"params": [], "layer": key[0], "lr_scale": 1.0,
+                                    "weight_decay": 0.0 if no_decay else weight_decay})
+        g["params"].append(p)
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def lr_factor(cfg: ScheduleConfig, epoch_float: float, epochs: int) -> float:
+    """Schedule multiplier at a fractional epoch: linear warm-up, then cosine / multistep / constant."""
+    if cfg.warmup_epochs > 0 and epoch_float < cfg.warmup_epochs:
+        return (epoch_float + 1e-9) / cfg.warmup_epochs
+    if cfg.name == "cosine":
+        span = max(epochs - cfg.warmup_epochs, 1e-9)
+        t = min(max(epoch_float - cfg.warmup_epochs, 0.0) / span, 1.0)
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.name == "multistep":
+        return cfg.gamma ** sum(epoch_float >= m for m in cfg.milestones)
+    return 1.0
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, base_lr: float, factor: float, min_lr: float = 0.0) -> float:
+    """lr of each group = (min_lr + (base − min_lr)·factor) · group's lr_scale; returns the global η_t."""
+    eta = min_lr + (base_lr - min_lr) * factor
+    for g in optimizer.param_groups:
+        g["lr"] = eta * g.get("lr_scale", 1.0)
+    return eta

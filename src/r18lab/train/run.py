@@ -1,0 +1,55 @@
+"""A run = one config trained into one directory, indexed in the results store with its status."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig, config_dict
+from ..errors import R18Error, TrainingDiverged
+from ..results.store import RunStore
+from .checkpoint import atomic_write_text
+from .engine import Trainer
+
+
+def default_store_path() -> Path:
+    """The results store: $R18LAB_STORE, else runs/index.sqlite under the current directory."""
+    return Path(os.environ.get("R18LAB_STORE", "runs/index.sqlite"))
+
+
+def open_store(path: str | Path | None = None) -> RunStore:
+    p = Path(path) if path else default_store_path()
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise R18Error(f"cannot create the results store folder {p.parent} ({e.strerror}); "
+                       "set R18LAB_STORE to a writable path") from None
+    return RunStore(p)
+
+
+def execute(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, run_id: str | None = None,
+            store: RunStore | None = None, protocol: str | None = None,
+            tags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `cfg` into `out_dir`, recording start, finish or failure in the store."""
+    out = Path(out_dir)
+    run_id = run_id or str(out.resolve())
+    trainer = Trainer(cfg, out)
+    trainer._prepare_output()
+    if store is not None:
+        store.start(run_id, config=config_dict(cfg), out_dir=out, protocol=protocol, tags=tags)
+    try:
+        summary = trainer.fit(resume=resume)
+    except TrainingDiverged as e:
+        atomic_write_text(out / "summary.json", json.dumps({"status": "diverged", "message": str(e)}, indent=2))
+        if store is not None:
+            store.finish(run_id, {}, status="diverged", message=str(e))
+        raise
+    except (R18Error, KeyboardInterrupt, Exception) as e:
+        if store is not None:
+            store.finish(run_id, {}, status="failed", message=str(e) or type(e).__name__)
+        raise
+    if store is not None:
+        store.finish(run_id, {**summary["final"], "train_seconds": summary["train_seconds"],
+                              "steps": summary["steps"]})
+    return summary
