@@ -8,7 +8,7 @@ the spectra are not those of the random initialisation, and its weights are save
 cache file outside the repository) and reused by later runs. Derived from CIFAR-10: never commit that file.
 
 Then both analyses run on the same weights, each timed as the best of --repeats runs:
-  ours   r18lab.analysis.spectrum.analyze(model, xmin="ks"): spectra (svdvals) + fits + metrics.
+  ours   r18lab.analysis.spectrum.analyze(model, xmin="ks"): spectra (batched eigvalsh) + fits + metrics.
   theirs weightwatcher.WeightWatcher(model).analyze(...) with its default power-law fit (pool=True,
          conv2d_norm=True, pl_package="ww", xmax=None, fix_fingers=False, min_evals=8) and every extra that
          is not the α fit switched off: randomize=False, mp_fit=False, vectors=False, plot=False,
@@ -31,7 +31,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -192,7 +191,7 @@ def main() -> None:
     }
     print(f"\nlayers compared: {len(deltas)}" + (f"  (only in WeightWatcher: {only_ww})" if only_ww else ""))
     print(f"max |Δα| over layers: {summary['max_abs_delta_alpha']:.2e}   (target < 0.01)")
-    print(f"time ours (analyze, ks):  {t_ours:.3f} s   of which spectra (svdvals) {t_spec:.3f} s")
+    print(f"time ours (analyze, ks):  {t_ours:.3f} s   of which spectra (layer_spectra) {t_spec:.3f} s")
     print(f"time WeightWatcher:       {t_ww:.3f} s")
     print(f"speed ratio WW / ours:    {t_ww / t_ours:.2f}x   (target ≥ 10x)")
     print(f"fit stage only, same eigenvalues: ours {t_fit_ours * 1e3:.1f} ms, WWFit {t_fit_ww * 1e3:.1f} ms, "

@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     an = sub.add_parser("analyze", help="analyses of trained weights")
     an.add_argument("analysis", choices=["spectrum"])
-    an.add_argument("path", help="model.safetensors")
+    an.add_argument("paths", nargs="+", help="model.safetensors (several: one table each, one plot)")
     an.add_argument("--xmin", default="median", choices=["median", "ks"])
     an.add_argument("--json", action="store_true")
     an.add_argument("--csv")
@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--esd-plot")
 
     pr = sub.add_parser("protocol", help="run a multi-run protocol")
-    pr.add_argument("name", choices=["lowdata"])
+    pr.add_argument("name", choices=["lowdata", "compare"],
+                    help="lowdata: nested label pools × seeds × methods; compare: the same runner on the full set")
     pr.add_argument("config")
     pr.add_argument("overrides", nargs="*")
     pr.add_argument("--scale")
@@ -263,7 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides given after an option (e.g. `--scale tiny train.epochs=3`)
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return COMMANDS[args.command](args)
     except R18Error as e:

@@ -16,7 +16,7 @@ Conventions, taken from the reference implementations and kept identical to them
   20 kept eigenvalues follow WeightWatcher's small-N variant: bias-corrected α = 1 + (n−1)/Σ ln(λ/λ_min), only
   tails of at least 8 values, still chosen by the smallest D.
 
-Everything is computed with torch on the weights' device: one batched `svdvals` call per layer, and the KS
+Everything is computed with torch on the weights' device: one batched `eigvalsh` call per layer, and the KS
 search is vectorised (a coarse lower bound of every D_i on a per-tail grid, then exact D_i only for the
 candidates whose bound can still beat the best exact value) — the same answer as the exhaustive search.
 """
@@ -48,9 +48,9 @@ XMIN_MODES = ("median", "ks")
 ROW_FIELDS = ("name", "kind", "shape", "num_evals", "alpha", "xmin", "ks_distance", "n_tail", "lambda_max",
               "alpha_weighted", "log_alpha_norm", "stable_rank", "warning")
 
-_GRID = 128                 # columns per candidate for the KS lower bound
+_GRIDS = (16, 512)          # points per candidate tail for the coarse, then the fine KS lower bound
 _BLOCK_ELEMENTS = 1 << 21   # candidate-rows × tail-columns evaluated at once in the exact KS pass
-_FIRST_BLOCK = 32           # candidate rows in the first exact block (doubling after each block)
+_FIRST_BLOCK = 16           # candidate rows in the first exact block (doubling after each block)
 
 
 @dataclass(frozen=True)
@@ -71,20 +71,26 @@ _FAILED = PowerLawFit(math.nan, math.nan, math.nan, 0)
 
 def weight_spectrum(weight: torch.Tensor, conv_norm: float = CONV_NORM) -> torch.Tensor:
     """Ascending float64 eigenvalues: σ(W)² for a 2-D W; for a 4-D kernel, σ(√conv_norm·W[:, :, i, j])² pooled
-    over all kh·kw slices (TempBalance net_esd_estimator / WeightWatcher conv2D_Wmats + conv2d_norm)."""
+    over all kh·kw slices (TempBalance net_esd_estimator / WeightWatcher conv2D_Wmats + conv2d_norm).
+
+    Computed as the eigenvalues of the float64 Gram matrix on the smaller side (one batched `eigvalsh` over
+    all slices on the weight's device): the same numbers as squared `svdvals`, float64-accurate like
+    WeightWatcher's SciPy SVD, and faster on CPU than float32 `svdvals`."""
     w = weight.detach()
     if w.ndim == 4:
-        w = torch.flatten(w, start_dim=2).permute(2, 0, 1) * math.sqrt(conv_norm)  # (kh·kw, out, in)
+        w = torch.flatten(w, start_dim=2).permute(2, 0, 1)  # (kh·kw, out, in)
     elif w.ndim != 2:
         raise DataError(f"expected a 2-D (linear) or 4-D (conv) weight, got shape {tuple(w.shape)}")
-    if w.dtype not in (torch.float32, torch.float64):
-        w = w.float()
-    if w.device.type == "mps":  # no float64 (and no batched svdvals) on MPS
+    if w.device.type == "mps":  # no float64 on MPS
         w = w.cpu()
+    w = w.to(torch.float64)
+    if weight.ndim == 4:
+        w = w * math.sqrt(conv_norm)
     if not bool(torch.isfinite(w).all()):
         raise DataError("weight has NaN or infinite entries; the model diverged — analyse an earlier checkpoint")
-    sv = torch.linalg.svdvals(w)
-    return torch.sort(sv.to(torch.float64).square().flatten()).values
+    gram = w @ w.mT if w.shape[-2] <= w.shape[-1] else w.mT @ w
+    evals = torch.linalg.eigvalsh(gram).clamp_min_(0.0)
+    return torch.sort(evals.flatten()).values
 
 
 def _layers(model: nn.Module):
@@ -168,48 +174,74 @@ def _candidate_alphas(logs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return alpha, n
 
 
+def _ks_deviation(logs: torch.Tensor, slope: torch.Tensor, n: torch.Tensor, cand: torch.Tensor,
+                  offs: torch.Tensor) -> torch.Tensor:
+    """|1 − (λ_{i+k}/λ_i)^(1−α_i) − k/n_i| for candidates i = cand[r] at tail offsets k = offs[r, c]."""
+    dt = logs.dtype
+    i = cand[:, None]
+    return torch.abs(1 - torch.exp(slope[i] * (logs[i + offs] - logs[i])) - offs.to(dt) / n[i])
+
+
+def _ks_lower_bound(logs, slope, n, cand, grid: int) -> torch.Tensor:
+    """max of the KS deviation over grid+1 points spread evenly over each candidate's tail: ≤ D_i."""
+    k = torch.arange(grid + 1, device=logs.device, dtype=logs.dtype) / grid
+    step = max(1, _BLOCK_ELEMENTS // (grid + 1))
+    parts = []
+    for c in cand.split(step):
+        offs = torch.round(k[None, :] * (n[c, None] - 1)).long()
+        parts.append(_ks_deviation(logs, slope, n, c, offs).max(dim=1).values)
+    return torch.cat(parts)
+
+
 def _fit_ks(x: torch.Tensor) -> PowerLawFit:
-    """WeightWatcher WWFit.fit_power_law_standard: argmin over candidates of the KS distance D_i (see module doc)."""
+    """WeightWatcher WWFit.fit_power_law_standard: argmin over candidates of the KS distance D_i (see module doc).
+
+    Exact, but pruned: a coarse lower bound of every D_i, a finer one for the candidates that can still win,
+    then exact D_i in order of the bound until no bound is below the best exact D."""
     N = x.numel()
-    dev, dt = x.device, x.dtype
+    dev = x.device
     logs = torch.log(x)
     alpha, n = _candidate_alphas(logs)
     C = N - 1
     valid = torch.isfinite(alpha) & (alpha > 1)
     slope = torch.where(valid, 1 - alpha, torch.zeros_like(alpha))  # exponent 1 − α_i
-    idx = torch.arange(C, device=dev)
+    D = torch.where(valid, torch.full_like(alpha, math.inf), torch.ones_like(alpha))  # α_i ≤ 1: D_i = 1
+    cand = torch.nonzero(valid).flatten()
+    if cand.numel() == 0:
+        return PowerLawFit(float(alpha[0]), float(x[0]), 1.0, N)
+    max_rows = max(1, _BLOCK_ELEMENTS // N)  # candidate rows per exact block, bounded by memory
 
-    # 1) lower bound of every D_i: the KS deviation at G+1 points spread evenly over each candidate's tail
-    G = min(_GRID, C)
-    k = torch.arange(G + 1, device=dev, dtype=dt) / G
-    off = torch.round(k[None, :] * (n[:, None] - 1)).long()                 # (C, G+1) offsets into the tail
-    cols = idx[:, None] + off
-    dev_grid = torch.abs(1 - torch.exp(slope[:, None] * (logs[cols] - logs[:-1, None])) - off.to(dt) / n[:, None])
-    lower = torch.where(valid, dev_grid.max(dim=1).values, torch.ones_like(alpha))
+    def exact(rows: torch.Tensor) -> float:
+        width = N - int(rows.min())
+        offs = torch.arange(width, device=dev)[None, :].expand(rows.numel(), width)
+        inside = offs < n[rows, None].long()
+        dev_ = _ks_deviation(logs, slope, n, rows, torch.where(inside, offs, 0))
+        D[rows] = torch.where(inside, dev_, torch.zeros_like(dev_)).max(dim=1).values
+        return float(D[rows].min())
 
-    # 2) exact D_i for candidates in order of their bound, until no remaining bound can beat the best D
-    D = torch.full_like(alpha, math.inf)
-    D = torch.where(valid, D, torch.ones_like(alpha))
-    order = torch.argsort(lower, stable=True)
-    lower_sorted = lower[order].tolist()
-    best = min(1.0, float(D.min()))
-    max_rows = max(1, _BLOCK_ELEMENTS // N)  # candidate rows per block, bounded by memory
-    rows = min(_FIRST_BLOCK, max_rows)         # small first block: a good `best` prunes the rest early
-    start = 0
-    while start < C and lower_sorted[start] <= best:
-        stop = min(start + rows, bisect.bisect_right(lower_sorted, best))
+    best = 1.0 if bool((~valid).any()) else math.inf
+    for level, grid in enumerate(_GRIDS):
+        lower = _ks_lower_bound(logs, slope, n, cand, min(grid, C))
+        order = torch.argsort(lower, stable=True)
+        cand, lower = cand[order], lower[order]
+        if level == 0:  # a good `best` early: exact D of the few most promising candidates
+            best = min(best, exact(cand[: min(_FIRST_BLOCK, max_rows)]))
+        keep = lower <= best
+        cand, lower = cand[keep], lower[keep]
+        if cand.numel() <= _FIRST_BLOCK:
+            break
+    # exact D_i in order of the bound, stopping when the next bound exceeds the best exact D
+    lower_list = lower.tolist()
+    rows, start = min(_FIRST_BLOCK, max_rows), 0
+    while start < len(lower_list) and lower_list[start] <= best:
+        stop = min(start + rows, bisect.bisect_right(lower_list, best))
         rows = min(2 * rows, max_rows)
-        cand = order[start:stop]
-        cand = cand[valid[cand]]
-        if cand.numel():
-            j = torch.arange(int(cand.min()), N, device=dev)
-            offs = (j[None, :] - cand[:, None]).to(dt)
-            vals = torch.abs(1 - torch.exp(slope[cand, None] * (logs[None, j] - logs[cand, None])) - offs / n[cand, None])
-            d_exact = torch.where(offs >= 0, vals, torch.zeros_like(vals)).max(dim=1).values
-            D[cand] = d_exact
-            best = min(best, float(d_exact.min()))
+        block = cand[start:stop]
+        block = block[torch.isinf(D[block])]
+        if block.numel():
+            best = min(best, exact(block))
         start = stop
-    # candidates never evaluated exactly have D_i ≥ lower_i > best; first index among the minima wins
+    # candidates never evaluated exactly have D_i ≥ bound > best; first index among the minima wins
     i = int(torch.argmin(D))
     return PowerLawFit(float(alpha[i]), float(x[i]), float(D[i]), int(N - i))
 

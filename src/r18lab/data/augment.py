@@ -59,6 +59,8 @@ def crop_flip(
     n, _, h, w = images.shape
     ch, cw = (h, w) if crop is None else (crop, crop)
     padding = 0 if crop is None else padding
+    if pad_mode == "reflect" and padding >= min(h, w):
+        raise DataError(f"reflect padding {padding} needs images larger than it, got {h}×{w}; lower padding or use zero")
     if padding:
         images = F.pad(images, (padding,) * 4, mode=PAD_MODES[pad_mode])
     hp, wp = images.shape[2:]
@@ -124,7 +126,7 @@ class Augment:
             x = cutout(x, self.cutout, generator)
         return list(x.chunk(views)) if views > 1 else x
 
-    def for_eval(self) -> "Augment":
+    def for_eval(self) -> Augment:
         """The same normalisation with every random step switched off."""
         return replace(self, crop=None, flip=False, cutout=0)
 

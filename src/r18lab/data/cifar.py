@@ -129,7 +129,9 @@ def _parse_binary(layout: str, name: str, data: bytes) -> tuple[np.ndarray, np.n
     label_bytes, label_index = _BINARY_LABEL_BYTES[layout]
     record = label_bytes + CIFAR_PIXELS
     if len(data) % record:
-        raise DataError(f"{name} is {len(data)} bytes, not a multiple of the {record}-byte record; it is truncated: re-download it")
+        raise DataError(
+            f"{name} is {len(data)} bytes, not a multiple of the {record}-byte record; it is truncated: re-download it"
+        )
     rows = np.frombuffer(data, np.uint8).reshape(-1, record)
     return rows[:, label_bytes:], rows[:, label_index].astype(np.int64)
 

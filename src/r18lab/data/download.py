@@ -24,11 +24,12 @@ class Archive:
 
 
 ARCHIVES: Registry = Registry("CIFAR archive")
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/"
 ARCHIVES.register("cifar10")(
-    Archive("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")
+    Archive("cifar-10-python.tar.gz", OFFICIAL_URL + "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")
 )
 ARCHIVES.register("cifar100")(
-    Archive("cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")
+    Archive("cifar-100-python.tar.gz", OFFICIAL_URL + "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")
 )
 
 CHUNK = 1 << 20

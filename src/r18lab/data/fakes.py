@@ -19,12 +19,12 @@ _PYTHON_LAYOUT = {
 _BINARY_LAYOUT = {"cifar10": "cifar-10-batches-bin", "cifar100": "cifar-100-binary"}
 
 
-def random_split(n: int, num_classes: int, seed: int, side: int = 32) -> Dataset:
+def random_images(n: int, num_classes: int, seed: int, side: int = 32) -> Dataset:
     """n random uint8 side×side RGB images with labels cycling through num_classes."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
     labels = np.arange(n, dtype=np.int64) % num_classes
-    return Dataset(images, labels, [f"c{k}" for k in range(num_classes)], f"fake:{seed}")
+    return Dataset(images, labels, [f"c{k:03d}" for k in range(num_classes)], f"fake:{seed}")
 
 
 def legacy_pickle(obj: object) -> bytes:
@@ -44,7 +44,7 @@ def write_cifar_python(
     folder_name, meta_name, label_key, names_key = _PYTHON_LAYOUT[kind]
     folder = Path(root) / folder_name
     folder.mkdir(parents=True, exist_ok=True)
-    expected = {"train": random_split(n_train, num_classes, seed), "test": random_split(n_test, num_classes, seed + 1)}
+    expected = {"train": random_images(n_train, num_classes, seed), "test": random_images(n_test, num_classes, seed + 1)}
     names = [f"class{k}".encode() for k in range(num_classes)]
     (folder / meta_name).write_bytes(legacy_pickle({names_key: names, b"num_vis": 3072}))
     files = {"train": ["train"], "test": ["test"]} if kind == "cifar100" else {
@@ -67,7 +67,7 @@ def write_cifar_binary(
     """Write a CIFAR binary-record folder under root; return it and the expected train/test Datasets."""
     folder = Path(root) / _BINARY_LAYOUT[kind]
     folder.mkdir(parents=True, exist_ok=True)
-    expected = {"train": random_split(n_train, num_classes, seed), "test": random_split(n_test, num_classes, seed + 1)}
+    expected = {"train": random_images(n_train, num_classes, seed), "test": random_images(n_test, num_classes, seed + 1)}
     names = [f"class{k}" for k in range(num_classes)]
     if kind == "cifar100":
         (folder / "fine_label_names.txt").write_text("\n".join(names) + "\n")
@@ -92,7 +92,7 @@ def write_image_folder(
     """Write root/<split>/c<k>/<i>.<fmt> images; return the expected Datasets (exact for png)."""
     expected = {}
     for offset, (split, n) in enumerate(sorted(splits.items())):
-        ds = random_split(n, num_classes, seed + offset, side)
+        ds = random_images(n, num_classes, seed + offset, side)
         order = np.argsort(ds.labels, kind="stable")  # loaders sort by (class, file name)
         ds = ds.subset(order)
         for i, (img, label) in enumerate(zip(ds.images, ds.labels)):

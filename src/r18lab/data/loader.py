@@ -44,7 +44,8 @@ class BatchLoader:
         views: int = 1,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise DataError(f"BatchLoader needs uint8 N×C×H×W images, got {images.dtype} {tuple(images.shape)}; use to_device_tensors")
+            got = f"{images.dtype} {tuple(images.shape)}"
+            raise DataError(f"BatchLoader needs uint8 N×C×H×W images, got {got}; use to_device_tensors")
         if labels.shape[:1] != images.shape[:1]:
             raise DataError(f"{len(images)} images but {len(labels)} labels; pass matching tensors")
         if batch_size < 1 or seed < 0 or views < 1:
