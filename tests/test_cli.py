@@ -115,3 +115,12 @@ def test_console_script_trains_the_embedded_default(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "| main |" in r.stdout and (tmp_path / "demo" / "learning_curves.png").stat().st_size > 1000
     assert (tmp_path / "runs" / "index.sqlite").exists() or os.environ.get("R18LAB_STORE")
+
+
+def test_bench_prints_ratios_against_same_run_references(capsys):
+    assert main(["bench", "--steps", "1", "--width", "0.0625", "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    for label in ("train images/s", "eval images/s", "augment images/s", "matmul peak"):
+        line = next(l for l in out.splitlines() if l.startswith(label))
+        ours, ref, ratio = (float(v.rstrip("G")) for v in line.split()[-3:])
+        assert ours > 0 and ref > 0 and ratio == pytest.approx(ours / ref, rel=0.01)

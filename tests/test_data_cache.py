@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -45,7 +47,8 @@ def archive(tmp_path):
 
 
 def entries(root):
-    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+    """Entry and partial folders in the cache root (not the lock folder)."""
+    return sorted(p.name for p in root.iterdir() if p.name != ".locks") if root.exists() else []
 
 
 def test_cache_root_from_env_else_home(monkeypatch, tmp_path):
@@ -146,3 +149,25 @@ def test_unwritable_cache_is_a_data_error(tmp_path, monkeypatch, archive):
     with pytest.raises(DataError, match="cannot write the decode cache.*R18LAB_CACHE.*cache=False"):
         load(path)
     np.testing.assert_array_equal(load(path, cache=False).images, expected["train"].images)
+
+
+def test_concurrent_first_loads_decode_once(cache_dir, archive, monkeypatch):
+    path, expected = archive
+    calls = []
+    real = loading.read_path
+
+    def slow(path, **options):
+        calls.append(path)
+        time.sleep(0.3)  # the second loader arrives while the first is decoding
+        return real(path, **options)
+
+    monkeypatch.setattr(loading, "read_path", slow)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(load(path, "test"))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 2
+    for ds in results:
+        np.testing.assert_array_equal(ds.images, expected["test"].images)

@@ -30,20 +30,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bare_train(model: torch.nn.Module, xs: list[torch.Tensor], ys: list[torch.Tensor], lr: float = 0.1) -> float:
-    """images/s of a plain SGD loop: forward, CE, backward, step."""
+def bare_train(model: torch.nn.Module, xs: list[torch.Tensor], ys: list[torch.Tensor], lr: float = 0.1,
+               passes: int = 2) -> float:
+    """images/s of a plain SGD loop (forward, CE, backward, step): best pass after one warm-up pass."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     model.train()
-    _sync(xs[0].device)
-    tic = time.perf_counter()
-    for x, y in zip(xs, ys):
-        loss = F.cross_entropy(model(x).logits["main"], y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss.item()
-    _sync(xs[0].device)
-    return sum(len(y) for y in ys) / (time.perf_counter() - tic)
+    best = 0.0
+    for p in range(passes + 1):
+        _sync(xs[0].device)
+        tic = time.perf_counter()
+        for x, y in zip(xs, ys):
+            loss = F.cross_entropy(model(x).logits["main"], y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss.item()
+        _sync(xs[0].device)
+        if p > 0:
+            best = max(best, sum(len(y) for y in ys) / (time.perf_counter() - tic))
+    return best
 
 
 @torch.no_grad()
@@ -92,11 +97,12 @@ def run_bench(a: argparse.Namespace) -> int:
             "data": {"source": "synthetic", "options": {"num_classes": 10, "image_size": 32, "n": n},
                      "augment": {"crop": None, "flip": False}, "normalize": "none"},
             "model": {"width": a.width}, "schedule": {"name": "constant"},
-            "train": {"epochs": 1, "batch_size": batch, "eval_batch_size": 512, "progress": "none",
+            "train": {"epochs": 3, "eval_every": 3, "batch_size": batch, "eval_batch_size": 512, "progress": "none",
                       "device": str(device)}})
         trainer = Trainer(cfg, Path(tmp))
         summary = trainer.fit()
-        engine_train = _last_record(Path(tmp) / "metrics.jsonl")["train/images_per_s"]
+        # like the bare loop: epoch 1 is the warm-up, the best of the next two counts
+        engine_train = max(r["train/images_per_s"] for r in _records(Path(tmp) / "metrics.jsonl")[1:])
         model = build_from_spec(model_spec(cfg, 10)).to(device)
         xs = [trainer.normalizer(trainer.loader.images[i:i + batch]) if hasattr(trainer.loader, "images")
               else torch.randn(batch, 3, 32, 32, device=device) for i in range(0, n, batch)]
@@ -120,10 +126,10 @@ def run_bench(a: argparse.Namespace) -> int:
         print(f"{name:50} {ours:10.1f} {theirs:10.1f} {ours / theirs:7.3f}")
     print(f"{'train FLOP/s (6·MACs·img/s) vs matmul peak':50} {achieved / 1e9:9.2f}G {peak / 1e9:9.2f}G "
           f"{achieved / peak:7.3f}")
-    print(f"engine run: {summary['steps']} steps; model {flops / 1e6:.1f} M MACs per 32×32 image")
+    print(f"engine run: {summary['steps']} steps (3 epochs, best of the last 2); model {flops / 1e6:.1f} M MACs per 32×32 image")
     return 0
 
 
-def _last_record(path: Path) -> dict:
+def _records(path: Path) -> list[dict]:
     from .results.metrics import read_metrics
-    return [r for r in read_metrics(path) if "train/images_per_s" in r][-1]
+    return [r for r in read_metrics(path) if "train/images_per_s" in r]

@@ -100,6 +100,10 @@ def cmd_export(a: argparse.Namespace) -> int:
 @command("data")
 def cmd_data(a: argparse.Namespace) -> int:
     from .data import info
+    if a.action == "download":
+        from .data.download import download_cifar
+        _print_json({"path": str(download_cifar(a.source, a.root))})
+        return 0
     result = info.prepare(a.source) if a.action == "prepare" else info.inspect(a.source, a.split)
     _print_json(result)
     return 0
@@ -211,9 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--keep", default="main", help="comma-separated heads to keep (default main)")
     x.add_argument("--out", required=True)
 
-    d = sub.add_parser("data", help="prepare (decode into the cache) or inspect a dataset")
-    d.add_argument("action", choices=["prepare", "inspect"])
-    d.add_argument("source")
+    d = sub.add_parser("data", help="prepare (decode into the cache), inspect, or download (cifar10|cifar100) a dataset")
+    d.add_argument("action", choices=["prepare", "inspect", "download"])
+    d.add_argument("source", help="a path or built-in name; for download: cifar10 or cifar100")
+    d.add_argument("--root", default="data", help="download folder (default ./data)")
     d.add_argument("--split", default="train")
 
     r = sub.add_parser("runs", help="list or show runs in the results store")
@@ -255,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out")
 
     b = sub.add_parser("bench", help="engine vs bare PyTorch throughput, augmentation, FLOP/s")
-    b.add_argument("--steps", type=int, default=6)
+    b.add_argument("--steps", type=int, default=4, help="steps per epoch (3 epochs; the first is a warm-up)")
     b.add_argument("--batch-size", type=int, default=128)
     b.add_argument("--width", type=float, default=1.0)
     b.add_argument("--device", default="auto")

@@ -132,17 +132,19 @@ class Augment:
 
 
 def channel_stats(dataset: Dataset | np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of N×H×W×C uint8 images, in [0, 1] units."""
+    """Per-channel mean and std of N×H×W×C uint8 images, in [0, 1] units (exact, from per-channel histograms)."""
     images = dataset.images if isinstance(dataset, Dataset) else np.asarray(dataset)
-    if images.ndim != 4 or len(images) == 0:
-        raise DataError(f"channel_stats needs a non-empty N×H×W×C image array, got shape {images.shape}")
-    total = np.zeros(images.shape[3])
-    squares = np.zeros(images.shape[3])
+    if images.ndim != 4 or len(images) == 0 or images.dtype != np.uint8:
+        raise DataError(f"channel_stats needs a non-empty uint8 N×H×W×C array, got {images.dtype} {images.shape}")
+    channels = images.shape[3]
+    offsets = np.arange(channels, dtype=np.int64) * 256  # channel c's values count in bins 256c..256c+255
+    counts = np.zeros(256 * channels, np.int64)
     for start in range(0, len(images), chunk):
-        block = images[start : start + chunk].reshape(-1, images.shape[3]).astype(np.float64)
-        total += block.sum(0)
-        squares += np.square(block).sum(0)
-    count = len(images) * images.shape[1] * images.shape[2]
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
-    return tuple(float(m) for m in mean / 255), tuple(float(s) for s in std / 255)
+        block = images[start : start + chunk].reshape(-1, channels)
+        counts += np.bincount((block + offsets).ravel(), minlength=256 * channels)
+    counts = counts.reshape(channels, 256)
+    values = np.arange(256, dtype=np.float64) / 255
+    n = counts.sum(1)
+    mean = (counts * values).sum(1) / n
+    std = np.sqrt(np.maximum((counts * values**2).sum(1) / n - mean**2, 0.0))
+    return tuple(float(m) for m in mean), tuple(float(v) for v in std)

@@ -5,16 +5,24 @@ An entry is a folder `<root>/<name>-<hash>/` holding `meta.json` and, per split,
 identity: absolute path, total size, latest mtime, file count, options and CACHE_FORMAT. An entry is
 built in a hidden `.partial-` folder and renamed into place, so a killed decode never leaves a
 half-written entry; an entry that fails its checks (missing file, wrong shape, bad labels) is rebuilt.
+Processes loading the same new source at once take a file lock, so one decodes and the others wait.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: concurrent first loads each decode; the rename still keeps entries whole
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 
@@ -105,6 +113,27 @@ def write_entry(entry: Path, identity: dict[str, Any], splits: dict[str, Dataset
         ) from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def entry_lock(entry: Path) -> Iterator[None]:
+    """Hold an exclusive inter-process lock for building entry (released by the OS if the holder dies)."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        (entry.parent / ".locks").mkdir(parents=True, exist_ok=True)
+        handle = open(entry.parent / ".locks" / entry.name, "a")
+    except OSError as exc:
+        raise DataError(
+            f"cannot write the decode cache at {entry.parent} ({exc}); set {CACHE_ENV} to a writable folder or pass cache=False"
+        ) from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _sweep_partials(entry: Path) -> None:

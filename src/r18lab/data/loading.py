@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import DataError
-from .cache import entry_dir, open_entry, source_identity, write_entry
+from .cache import entry_dir, entry_lock, open_entry, source_identity, write_entry
 from .dataset import Dataset
 from .sources import SOURCES, builtin_options, path_options, read_path
 
@@ -46,7 +46,11 @@ def load_splits(source: str | os.PathLike[str], *, cache: bool = True, **options
     splits = open_entry(entry, identity)
     if splits is not None:
         return Loaded(splits, entry, False)
-    write_entry(entry, identity, _named(read_path(path, **options), path))
+    with entry_lock(entry):  # another process may be decoding the same source: wait, then look again
+        splits = open_entry(entry, identity)
+        if splits is not None:
+            return Loaded(splits, entry, False)
+        write_entry(entry, identity, _named(read_path(path, **options), path))
     splits = open_entry(entry, identity)
     if splits is None:
         raise DataError(f"the decode cache at {entry} was unreadable right after writing; check the disk or pass cache=False")
