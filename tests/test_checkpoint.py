@@ -32,7 +32,7 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):
 def test_interrupted_text_write_keeps_the_previous_file(tmp_path, monkeypatch):
     target = tmp_path / "state.json"
     ckpt.atomic_write_text(target, '{"epoch": 1}')
-    monkeypatch.setattr(ckpt.os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr("os.replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         ckpt.atomic_write_text(target, '{"epoch": 2}')
     assert json.loads(target.read_text()) == {"epoch": 1}

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as sps
 
 from r18lab.errors import DataError
-from r18lab.results.atomic import atomic_target
+from r18lab.atomic import atomic_target
 from r18lab.results.tables import compare, format_pm, summarize, to_csv, to_markdown
 
 

@@ -28,7 +28,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import atomic_write_text
 from ..errors import CheckpointError, ConfigError, DataError
 
 CONV_NORM = 0.5            # squared scale of each conv slice (TempBalance conv_norm; WeightWatcher conv2d_norm)
@@ -379,19 +379,6 @@ def analyze(model_or_state, xmin: str = "median", min_evals: int = 0) -> list[di
 # ---------------------------------------------------------------------------------------------- output
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def to_csv(rows: list[dict], path) -> None:
     """Write rows as CSV (columns ROW_FIELDS, shape as "out×in×kh×kw", None as empty), atomically."""
     buf = io.StringIO()
@@ -401,12 +388,12 @@ def to_csv(rows: list[dict], path) -> None:
         r = dict(r)
         r["shape"] = "x".join(str(s) for s in r.get("shape", []))
         writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in ROW_FIELDS})
-    _atomic_write(Path(path), buf.getvalue().encode())
+    atomic_write_text(path, buf.getvalue())
 
 
 def to_json(rows: list[dict], path) -> None:
     """Write rows as a JSON list, atomically."""
-    _atomic_write(Path(path), (json.dumps(rows, indent=1) + "\n").encode())
+    atomic_write_text(path, json.dumps(rows, indent=1) + "\n")
 
 
 __all__ = ["PowerLawFit", "ROW_FIELDS", "analyze", "fit_power_law", "layer_spectra", "spectrum_row",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..errors import DataError
+from ..results.plots import save_png
 from .spectrum import OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE, PowerLawFit
-
-
-def _save_png(fig: Figure, path) -> Path:
-    """Render `fig` to PNG at `path` atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def plot_alpha_by_depth(rows_by_label: dict[str, list[dict]], path) -> Path:
@@ -59,7 +43,7 @@ def plot_alpha_by_depth(rows_by_label: dict[str, list[dict]], path) -> Path:
         ax.set_xticklabels([r.get("name", "") for r in longest], rotation=90, fontsize=6)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def plot_esd(eigenvalues, fit: PowerLawFit, path, title: str = "") -> Path:
@@ -90,7 +74,7 @@ def plot_esd(eigenvalues, fit: PowerLawFit, path, title: str = "") -> Path:
     ax.set_ylabel("density")
     ax.set_title(title or "empirical spectral density")
     ax.legend(fontsize=8)
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 __all__ = ["plot_alpha_by_depth", "plot_esd"]

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..errors import DataError
 
 
@@ -82,16 +82,8 @@ def class_halves(num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def save_split(path: str | os.PathLike[str], split: dict[str, np.ndarray]) -> None:
     """Write named index arrays as JSON atomically (temp file + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {name: [int(i) for i in np.asarray(idx).ravel()] for name, idx in split.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_text(path, json.dumps(payload))
 
 
 def load_split(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..errors import DataError
-from .atomic import atomic_target
+from ..atomic import atomic_target
 
 Record = Mapping[str, Any]
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")

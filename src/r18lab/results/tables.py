@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 from .stats import mean_std, paired_t, welch_t
 
 Row = Mapping[str, Any]
