@@ -124,3 +124,15 @@ def test_bench_prints_ratios_against_same_run_references(capsys):
         line = next(l for l in out.splitlines() if label in l)
         ours, ref, ratio = (float(v.rstrip("G")) for v in line.split()[-3:])
         assert ours > 0 and ref > 0 and ratio == pytest.approx(ours / ref, rel=0.01)
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    r = run_cli("--debug", "train", *tiny("train.epoch=3"), "--out", str(tmp_path / "x"), cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" in r.stderr and "unknown config key 'train.epoch'" in r.stderr
+
+
+def test_public_contract_names():
+    ds = r18lab.data.load("synthetic", split="test", num_classes=3, image_size=8, n=12)
+    assert ds.images.shape == (12, 8, 8, 3) and ds.images.dtype.name == "uint8" and len(ds.classes) == 3
+    out = r18lab.create_model("resnet18", num_classes=3, width=0.0625)(torch.randn(2, 3, 8, 8))
+    assert out.logits["main"].shape == (2, 3) and out.features.ndim == 2

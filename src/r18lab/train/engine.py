@@ -107,6 +107,7 @@ class Progress:
 
     mode: str
     total_steps: int
+    label: str = ""
     bar: Any = None
     started: float = field(default_factory=time.perf_counter)
 
@@ -129,7 +130,7 @@ class Progress:
         eta = elapsed / max(done_steps, 1) * max(self.total_steps - done_steps, 0)
         accs = " ".join(f"{k.split('/')[1]} {v:.2f}%" for k, v in record.items()
                         if k.startswith("eval/") and k.endswith("/acc"))
-        line = (f"epoch {epoch + 1}/{epochs} loss {record.get('train/loss', float('nan')):.4f} {accs} "
+        line = (f"{self.label + ': ' if self.label else ''}epoch {epoch + 1}/{epochs} loss {record.get('train/loss', float('nan')):.4f} {accs} "
                 f"{images_per_s:.0f} img/s eta {eta:.0f}s")
         (self.bar.write if self.bar is not None else lambda s: print(s, file=sys.stderr, flush=True))(line)
 
@@ -141,8 +142,9 @@ class Progress:
 class Trainer:
     """Runs one configuration into `out_dir`: data, model, objectives, hooks, loop, checkpoints, metrics."""
 
-    def __init__(self, cfg: RunConfig, out_dir: str | Path) -> None:
+    def __init__(self, cfg: RunConfig, out_dir: str | Path, label: str = "") -> None:
         self.cfg = cfg
+        self.label = label
         self.out = Path(out_dir)
         self.device = pick_device(cfg.train.device)
         self.ckpt_dir = self.out / "checkpoint"
@@ -267,7 +269,7 @@ class Trainer:
         self.metrics = MetricsWriter(self.out / "metrics.jsonl")
         steps_per_epoch = len(self.loader)
         total_steps = t.epochs * steps_per_epoch if t.max_steps is None else min(t.max_steps, t.epochs * steps_per_epoch)
-        progress = Progress(t.progress, total_steps)
+        progress = Progress(t.progress, total_steps, self.label)
         progress.bar and progress.bar.update(step)
         if start_epoch == 0:
             for h in self.hooks:
