@@ -39,6 +39,8 @@ def test_hook_sets_group_learning_rates_and_logs_alpha(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
     alpha_records = [r for r in records if any(k.startswith("alpha/") for k in r)]
     assert [r["epoch"] for r in alpha_records] == [0, 1, 2]
+    first = alpha_records[0]  # before training: η_0 = the base lr (0.05) times each layer's scale
+    assert all(first[f"lr/{k[9:]}"] == pytest.approx(0.05 * v) for k, v in first.items() if k.startswith("lr_scale/"))
     groups = {g["layer"]: g for g in trainer.optimizer.param_groups}
     scales = {layer: g["lr_scale"] for layer, g in groups.items()}
     tuned = [k[len("lr_scale/"):] for k in alpha_records[-1] if k.startswith("lr_scale/")]
@@ -62,3 +64,14 @@ def test_bad_hook_parameters():
         build_hook("tempbalance", {"s1": 2.0, "s2": 1.0})
     with pytest.raises(ConfigError, match="unknown parameter 'lr' for hook 'tempbalance'"):
         build_hook("tempbalance", {"lr": 2.0})
+
+
+def test_report_plots_alpha_and_learning_rates(tmp_path, capsys):
+    from r18lab.cli import main
+    out = tmp_path / "tb"
+    assert main(["train", *tiny("model.width=0.125", "hooks=[tempbalance]", "train.epochs=1"), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("learning_curves.png", "alpha_by_epoch.png", "lr_by_epoch.png"):
+        assert name in printed and (out / name).stat().st_size > 1000

@@ -17,7 +17,7 @@ def report_run(run_dir: Path, out_dir: Path | None = None) -> str:
     out_dir = out_dir or run_dir
     written = [plot_learning_curves([r for r in records if any(k.startswith(("train/", "eval/")) for k in r)],
                                     out_dir / "learning_curves.png")]
-    for prefix in ("alpha", "lr_scale"):
+    for prefix in ("alpha", "lr_scale", "lr"):
         keys = sorted({k for r in records for k in r if k.startswith(prefix + "/")})
         if keys:
             written.append(plot_series(records, keys, out_dir / f"{prefix}_by_epoch.png"))

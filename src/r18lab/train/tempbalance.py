@@ -9,6 +9,7 @@ from torch import nn
 
 from ..registry import HOOKS
 from .hooks import Hook
+from .optim import lr_factor
 
 
 def linear_lr_scales(alphas: torch.Tensor, low: float = 0.5, high: float = 1.5) -> torch.Tensor:
@@ -45,7 +46,7 @@ class TempBalance(Hook):
         model = ctx.model
         return model.peers[0] if hasattr(model, "peers") else model
 
-    def _update(self, ctx) -> dict[str, Any]:
+    def _update(self, ctx, next_epoch: int) -> dict[str, Any]:
         from ..analysis.spectrum import fit_power_law, layer_spectra
         spectra = layer_spectra(self._model(ctx))
         names = tuned_layers(self._model(ctx), {n: len(e) for n, e in spectra.items()}, self.min_evals)
@@ -56,19 +57,22 @@ class TempBalance(Hook):
         self.alphas = dict(zip(names, alphas.tolist()))
         self.scales = dict(zip(names, scales.tolist()))
         self.apply(ctx.optimizer)
+        cfg = ctx.cfg
+        eta = cfg.optim.lr * lr_factor(cfg.schedule, next_epoch, cfg.train.epochs)  # η_t of the coming epoch
         return {**{f"alpha/{n}": a for n, a in self.alphas.items()},
-                **{f"lr_scale/{n}": s for n, s in self.scales.items()}}
+                **{f"lr_scale/{n}": s for n, s in self.scales.items()},
+                **{f"lr/{n}": eta * s for n, s in self.scales.items()}}
 
     def apply(self, optimizer: torch.optim.Optimizer) -> None:
         for g in optimizer.param_groups:
             g["lr_scale"] = self.scales.get(g.get("layer", ""), 1.0)
 
     def on_fit_start(self, ctx) -> None:
-        ctx.log({"epoch": 0, **self._update(ctx)})
+        ctx.log({"epoch": 0, **self._update(ctx, 0)})
 
     def on_epoch_end(self, ctx, epoch: int, metrics: dict[str, Any]) -> None:
         if (epoch + 1) % self.every == 0:
-            metrics.update(self._update(ctx))
+            metrics.update(self._update(ctx, epoch + 1))
 
     def state_dict(self) -> dict[str, Any]:
         return {"scales": self.scales, "alphas": self.alphas}
