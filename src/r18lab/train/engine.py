@@ -150,7 +150,7 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoint"
 
     # -- set-up -----------------------------------------------------------------------------
-    def _prepare_output(self) -> None:
+    def prepare_output(self) -> None:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             probe = self.out / ".write-test"
@@ -253,7 +253,7 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
-        self._prepare_output()
+        self.prepare_output()
         if t.threads:
             torch.set_num_threads(t.threads)
         if t.deterministic:
@@ -270,12 +270,13 @@ class Trainer:
         steps_per_epoch = len(self.loader)
         total_steps = t.epochs * steps_per_epoch if t.max_steps is None else min(t.max_steps, t.epochs * steps_per_epoch)
         progress = Progress(t.progress, total_steps, self.label)
-        progress.bar and progress.bar.update(step)
+        progress.step(step, float("nan"), 0.0)  # a resumed run's bar starts where it stopped
         if start_epoch == 0:
             for h in self.hooks:
                 h.on_fit_start(self)
         autocast_dtype = torch.bfloat16 if self.device.type in ("cpu", "cuda") else torch.float16
         record: dict[str, Any] = {}
+        eta = cfg.optim.lr
         try:
             for epoch in range(start_epoch, t.epochs):
                 if step >= total_steps:

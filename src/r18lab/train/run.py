@@ -35,7 +35,7 @@ def execute(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, run_id
     out = Path(out_dir)
     run_id = run_id or str(out.resolve())
     trainer = Trainer(cfg, out, label=run_id if protocol else "")
-    trainer._prepare_output()
+    trainer.prepare_output()
     if store is not None:
         store.start(run_id, config=config_dict(cfg), out_dir=out, protocol=protocol, tags=tags)
     try:
