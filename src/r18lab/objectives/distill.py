@@ -45,6 +45,9 @@ class KnowledgeDistillation(Objective):
         if head not in ctx.head_names:
             raise ConfigError(f"objective kd: unknown head {head!r}; the model has {ctx.head_names}")
         self.teacher = ctx.load_teacher().eval().requires_grad_(False)
+        if getattr(self.teacher, "num_classes", ctx.num_classes) != ctx.num_classes:
+            raise ConfigError(f"objective kd: the teacher has {self.teacher.num_classes} classes but this data has "
+                              f"{ctx.num_classes}; set teacher= to a model trained on the same classes")
         self.head, self.temperature, self.weight = head, temperature, weight
 
     def __call__(self, out, batch: Batch) -> dict[str, torch.Tensor]:

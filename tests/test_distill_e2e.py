@@ -1,0 +1,80 @@
+"""Distillation end to end through the engine: offline KD from a frozen teacher, DML and KDCL between peers."""
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from r18lab.config import load_config
+from r18lab.errors import ConfigError
+from r18lab.objectives.distill import KnowledgeDistillation
+from r18lab.train.engine import Trainer, train
+
+from helpers import tiny
+
+KD = "objective=[ce, {name: kd, temperature: 4, weight: 0.9}]"
+
+
+def records(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_kd_student_learns_from_a_frozen_teacher(tmp_path):
+    # a teacher of another architecture (double width): the student rebuilds it from its weights' metadata
+    train(load_config(None, tiny("model.width=0.125")), tmp_path / "teacher")
+    teacher_path = tmp_path / "teacher" / "model.safetensors"
+    before = load_file(str(teacher_path))
+
+    trainer = Trainer(load_config(None, tiny(KD, f"teacher={teacher_path}")), tmp_path / "student")
+    summary = trainer.fit()
+    assert summary["status"] == "done" and "eval/main/acc" in summary["final"]
+    recs = records(tmp_path / "student")
+    assert len(recs) == 2
+    for r in recs:
+        assert r["train/kd"] > 0 and math.isfinite(r["train/kd"]) and r["train/ce/main"] > 0
+        assert r["train/loss"] == pytest.approx(r["train/ce/main"] + r["train/kd"], rel=1e-4)
+
+    kd = next(o for o in trainer.objectives if isinstance(o, KnowledgeDistillation))
+    assert (kd.temperature, kd.weight) == (4, 0.9)
+    assert not kd.teacher.training and not any(p.requires_grad for p in kd.teacher.parameters())
+    assert kd.teacher.fc.weight.shape[1] == 2 * trainer.model.fc.weight.shape[1]
+    after = load_file(str(teacher_path))
+    live = kd.teacher.state_dict()  # parameters and BN running statistics, after the student's training
+    assert before.keys() == after.keys() == live.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]) and torch.equal(before[k], live[k].cpu()), k
+
+
+def test_kd_without_a_teacher_names_teacher(tmp_path):
+    with pytest.raises(ConfigError, match=r"objective kd needs a teacher: set teacher=PATH/model.safetensors"):
+        train(load_config(None, tiny("objective=[ce, kd]")), tmp_path / "s")
+
+
+def test_kd_teacher_of_other_classes_is_a_config_error(tmp_path):
+    train(load_config(None, tiny("data.options={num_classes: 3, image_size: 8, n: 96}", "train.epochs=1")),
+          tmp_path / "t3")
+    with pytest.raises(ConfigError, match=r"teacher has 3 classes but this data has 4"):
+        train(load_config(None, tiny(KD, f"teacher={tmp_path / 't3' / 'model.safetensors'}")), tmp_path / "s")
+
+
+@pytest.mark.parametrize("name", ["dml", "kdcl"])
+def test_peer_objectives_train_both_peers(tmp_path, name):
+    summary = train(load_config(None, tiny("model.peers=2", f"objective=[ce, {name}]")), tmp_path / name)
+    final = summary["final"]
+    for head in ("main", "peer1/main"):
+        assert 0 <= final[f"eval/{head}/acc"] <= 100
+    recs = records(tmp_path / name)
+    for r in recs:
+        terms = ["train/ce/main", "train/ce/peer1/main", f"train/{name}/main", f"train/{name}/peer1/main"]
+        for t in terms:
+            assert math.isfinite(r[t]) and r[t] >= 0, t
+        # peers start from different weights, so their mutual KL is positive from the first step
+        assert r[f"train/{name}/main"] > 0 and r[f"train/{name}/peer1/main"] > 0
+        assert r["train/loss"] == pytest.approx(sum(r[t] for t in terms), rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["dml", "kdcl"])
+def test_peer_objectives_need_two_peers(tmp_path, name):
+    with pytest.raises(ConfigError, match=rf"objective {name} needs at least two peers: set model.peers=2"):
+        train(load_config(None, tiny(f"objective=[ce, {name}]")), tmp_path / "s")
