@@ -57,13 +57,21 @@ def test_every_method_plans_a_valid_run_config(tmp_path):
     for s in specs:
         cfg = build_config(s.config)
         assert cfg.seed == 3 and cfg.data.labels == 40 and cfg.data.split_seed == 3
-        assert s.out_dir == tmp_path / "n40" / s.tags["method"] / "seed3"
+        owner = "fr-resnet18" if s.tags["method"] == "fr-head" else s.tags["method"]  # identical configs share a run
+        assert s.out_dir == tmp_path / "n40" / owner / "seed3"
         assert s.tags == {"method": s.tags["method"], "labels": 40, "seed": 3}
         model = build_from_spec(model_spec(cfg, 4))  # the architecture exists and has the planned heads
         logits = model(torch.zeros(2, 3, 8, 8)).logits
         assert s.eval_head in logits and all(v.shape == (2, 4) for v in logits.values())
         for o in cfg.objective:
             assert OBJECTIVES.get(o if isinstance(o, str) else o["name"])
+
+    assert by_method["fr-head"].run_id == by_method["fr-resnet18"].run_id
+    assert by_method["fr-head"].eval_head == "fr" and by_method["fr-resnet18"].eval_head == "main"
+    assert len({s.run_id for s in specs}) == len(specs) - 1
+    assert all(s.run_id.startswith("lowdata/") for s in specs)
+    assert lowdata.plan(settings(labels=[40], seeds=[0], methods=["resnet18"]), parse_overrides(tiny()),
+                        tmp_path, protocol="compare")[0].run_id.startswith("compare/resnet18/n40/s0/")
 
     teacher, student = by_method["resnet50"], by_method["kd"]
     assert specs.index(teacher) < specs.index(student)
@@ -350,3 +358,16 @@ def test_students_of_a_failed_teacher_are_reported_not_dropped(tmp_path):
     assert failures[student.run_id] == f"not run: its teacher {teacher.run_id} failed"
     assert f"{student.run_id} skipped: its teacher {teacher.run_id} failed" in log
     assert not student.out_dir.exists() and collect_rows(specs, s) == []
+
+
+def test_dependency_waves_order_teachers_of_teachers():
+    from r18lab.protocols.lowdata import RunSpec
+    from r18lab.protocols.runner import dependency_waves
+
+    def spec(run_id, *deps):
+        return RunSpec(run_id, {}, Path("/x") / run_id, {}, depends=list(deps))
+
+    specs = [spec("student", "teacher"), spec("teacher", "grand"), spec("grand"), spec("solo"),
+             spec("orphan", "already-done")]
+    waves = [[s.run_id for s in w] for w in dependency_waves(specs)]
+    assert waves == [["grand", "solo", "orphan"], ["teacher"], ["student"]]

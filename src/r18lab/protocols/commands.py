@@ -16,7 +16,7 @@ def run_protocol(a: argparse.Namespace) -> int:
 
     settings, base = lowdata.load_protocol(a.config, a.overrides, a.scale)
     out = Path(a.out) if a.out else Path("runs") / f"{a.name}-{Path(a.config).stem}" + (f"-{a.scale}" if a.scale else "")
-    specs = lowdata.plan(settings, base, out)
+    specs = lowdata.plan(settings, base, out, protocol=a.name)
     store = a.store or str(default_store_path())
     tic = time.perf_counter()
     failures = run_all(specs, store, a.workers, log=lambda s: print(s, file=sys.stderr, flush=True))

@@ -64,26 +64,34 @@ def method_overlay(name: str, settings: LowDataSettings) -> dict[str, Any]:
     return copy.deepcopy(defs[name])
 
 
-def plan(settings: LowDataSettings, base: dict, out_root: Path) -> list[RunSpec]:
-    """All runs, teachers first: cycle × seed × method, each on the pool (labels, split_seed = seed)."""
+def plan(settings: LowDataSettings, base: dict, out_root: Path, protocol: str = "lowdata") -> list[RunSpec]:
+    """All runs, teachers first: cycle × seed × method, each on the pool (labels, split_seed = seed).
+    Methods whose configs are identical (e.g. `fr-head` and `fr-resnet18`) share one run."""
     specs: dict[str, RunSpec] = {}
+    by_hash: dict[str, RunSpec] = {}
 
     def add(method: str, n: int, seed: int) -> str:
+        """Plan one run (and its teacher first); returns its key in `specs`."""
         overlay = method_overlay(method, settings)
         eval_head = overlay.pop("eval_head", "main")
         teacher_method = overlay.pop("teacher_method", None)
         tree = _deep_merge(base, overlay)
         tree = _deep_merge(tree, {"seed": seed, "data": {"labels": n, "split_seed": seed}})
-        teacher_id = add(teacher_method, n, seed) if teacher_method else None
-        if teacher_id:
-            tree["teacher"] = str(specs[teacher_id].out_dir / "model.safetensors")
+        teacher = specs[add(teacher_method, n, seed)] if teacher_method else None
+        teacher_id = teacher.run_id if teacher else None
+        if teacher:
+            tree["teacher"] = str(teacher.out_dir / "model.safetensors")
         cfg = config_dict(build_config(tree))
-        run_id = f"lowdata/{method}/n{n}/s{seed}/{config_hash(cfg)}"
-        if run_id not in specs:
-            specs[run_id] = RunSpec(run_id, cfg, out_root / f"n{n}" / method / f"seed{seed}",
-                                    {"method": method, "labels": n, "seed": seed}, eval_head,
-                                    teacher_id, [teacher_id] if teacher_id else [])
-        return run_id
+        chash = config_hash(cfg)
+        key = f"{method}/n{n}/s{seed}"
+        if key not in specs:
+            twin = by_hash.get(chash)
+            run_id = twin.run_id if twin else f"{protocol}/{key}/{chash}"
+            out_dir = twin.out_dir if twin else out_root / f"n{n}" / method / f"seed{seed}"
+            specs[key] = RunSpec(run_id, cfg, out_dir, {"method": method, "labels": n, "seed": seed}, eval_head,
+                                 teacher_id, [teacher_id] if teacher_id else [])
+            by_hash.setdefault(chash, specs[key])
+        return key
 
     for n in settings.labels:
         for seed in settings.seeds:

@@ -8,6 +8,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,25 @@ def _run_one(spec: RunSpec, store_path: str, threads: int) -> tuple[str, dict[st
     return spec.run_id, summary, ""
 
 
+def dependency_waves(specs: list[RunSpec]) -> list[list[RunSpec]]:
+    """Group runs by dependency depth: wave k holds the runs whose teachers are all in waves < k."""
+    by_id = {s.run_id: s for s in specs}
+    depth: dict[str, int] = {}
+
+    def level(run_id: str) -> int:
+        if run_id not in depth:
+            deps = by_id[run_id].depends if run_id in by_id else []
+            depth[run_id] = 1 + max((level(d) for d in deps), default=-1) if run_id in by_id else -1
+        return depth[run_id]
+
+    waves: list[list[RunSpec]] = []
+    for s in specs:
+        k = level(s.run_id)
+        waves.extend([] for _ in range(k + 1 - len(waves)))
+        waves[k].append(s)
+    return waves
+
+
 def is_done(spec: RunSpec, store) -> bool:
     return store.done(spec.run_id) and (spec.out_dir / "summary.json").is_file() and same_config(spec)
 
@@ -67,11 +87,11 @@ def run_all(specs: list[RunSpec], store_path: str | Path, workers: int = 1, log=
     from ..train.run import open_store
 
     store = open_store(store_path)
-    todo = [s for s in specs if not is_done(s, store)]
+    todo = list({s.run_id: s for s in specs if not is_done(s, store)}.values())  # twins run once
     log(f"{len(specs) - len(todo)} of {len(specs)} runs already done; {len(todo)} to run "
         f"with {workers} worker(s) × {threads_per_worker(workers)} thread(s)")
     failures: dict[str, str] = {}
-    waves = [[s for s in todo if not s.depends], [s for s in todo if s.depends]]
+    waves = dependency_waves(todo)
     for wave in waves:
         for s in wave:  # a run whose teacher failed is not run; say so instead of dropping it silently
             failed = [d for d in s.depends if d in failures]
@@ -97,7 +117,11 @@ def run_all(specs: list[RunSpec], store_path: str | Path, workers: int = 1, log=
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             futures = [pool.submit(_run_one, s, str(store_path), threads_per_worker(workers)) for s in wave]
             for i, fut in enumerate(as_completed(futures)):
-                run_id, _summary, err = fut.result()
+                try:
+                    run_id, _summary, err = fut.result()
+                except BrokenProcessPool as e:  # a worker died (e.g. out of memory): the rest resume next time
+                    raise R18Error(f"a worker process died ({e}); rerun the same command to resume, "
+                                   "perhaps with fewer --workers") from None
                 log(f"[{i + 1}/{len(wave)}] {run_id} {'failed: ' + err if err else 'done'}")
                 if err:
                     failures[run_id] = err
