@@ -75,3 +75,15 @@ def test_report_plots_alpha_and_learning_rates(tmp_path, capsys):
     printed = capsys.readouterr().out
     for name in ("learning_curves.png", "alpha_by_epoch.png", "lr_by_epoch.png"):
         assert name in printed and (out / name).stat().st_size > 1000
+
+
+def test_each_peer_of_a_peer_group_is_balanced(tmp_path):
+    cfg = load_config(None, tiny("model.width=0.125", "model.peers=2", "objective=[ce, dml]", "hooks=[tempbalance]",
+                                 "train.epochs=1"))
+    trainer = Trainer(cfg, tmp_path / "dml")
+    trainer.fit()
+    scales = {g["layer"]: g["lr_scale"] for g in trainer.optimizer.param_groups}
+    for peer in ("peers.0.", "peers.1."):
+        tuned = [v for k, v in scales.items() if k.startswith(peer) and v != 1.0]
+        assert min(tuned) == pytest.approx(0.5) and max(tuned) == pytest.approx(1.5)
+        assert scales[peer + "conv1"] == 1.0 and scales[peer + "fc"] == 1.0

@@ -42,20 +42,25 @@ class TempBalance(Hook):
         self.scales: dict[str, float] = {}
         self.alphas: dict[str, float] = {}
 
-    def _model(self, ctx) -> nn.Module:
-        model = ctx.model
-        return model.peers[0] if hasattr(model, "peers") else model
+    @staticmethod
+    def _units(model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """Balanced separately: the model itself, or each peer of a peer group (prefix `peers.i.`)."""
+        peers = getattr(model, "peers", None)
+        return [(f"peers.{i}.", p) for i, p in enumerate(peers)] if peers is not None else [("", model)]
 
     def _update(self, ctx, next_epoch: int) -> dict[str, Any]:
         from ..analysis.spectrum import fit_power_law, layer_spectra
-        spectra = layer_spectra(self._model(ctx))
-        names = tuned_layers(self._model(ctx), {n: len(e) for n, e in spectra.items()}, self.min_evals)
-        if not names:
-            return {}
-        alphas = torch.tensor([fit_power_law(spectra[n], xmin=self.xmin).alpha for n in names], dtype=torch.float64)
-        scales = linear_lr_scales(alphas, self.s1, self.s2)
-        self.alphas = dict(zip(names, alphas.tolist()))
-        self.scales = dict(zip(names, scales.tolist()))
+        self.alphas, self.scales = {}, {}
+        for prefix, unit in self._units(ctx.model):
+            spectra = layer_spectra(unit)
+            names = tuned_layers(unit, {n: len(e) for n, e in spectra.items()}, self.min_evals)
+            if not names:
+                continue
+            alphas = torch.tensor([fit_power_law(spectra[n], xmin=self.xmin).alpha for n in names],
+                                  dtype=torch.float64)
+            scales = linear_lr_scales(alphas, self.s1, self.s2)
+            self.alphas.update({prefix + n: a for n, a in zip(names, alphas.tolist())})
+            self.scales.update({prefix + n: s for n, s in zip(names, scales.tolist())})
         self.apply(ctx.optimizer)
         cfg = ctx.cfg
         eta = cfg.optim.lr * lr_factor(cfg.schedule, next_epoch, cfg.train.epochs)  # η_t of the coming epoch
