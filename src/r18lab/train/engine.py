@@ -267,68 +267,22 @@ class Trainer:
         if not resume and (self.out / "metrics.jsonl").exists():
             (self.out / "metrics.jsonl").unlink()
         self.metrics = MetricsWriter(self.out / "metrics.jsonl")
-        steps_per_epoch = len(self.loader)
-        total_steps = t.epochs * steps_per_epoch if t.max_steps is None else min(t.max_steps, t.epochs * steps_per_epoch)
+        total_steps = t.epochs * len(self.loader)
+        total_steps = total_steps if t.max_steps is None else min(t.max_steps, total_steps)
         progress = Progress(t.progress, total_steps, self.label)
         progress.step(step, float("nan"), 0.0)  # a resumed run's bar starts where it stopped
         if start_epoch == 0:
             for h in self.hooks:
                 h.on_fit_start(self)
-        autocast_dtype = torch.bfloat16 if self.device.type in ("cpu", "cuda") else torch.float16
         record: dict[str, Any] = {}
-        eta = cfg.optim.lr
         try:
             for epoch in range(start_epoch, t.epochs):
                 if step >= total_steps:
                     break
-                self.epoch = epoch
-                self.loader.set_epoch(epoch)
-                for h in self.hooks:
-                    h.on_epoch_start(self, epoch)
-                self.model.train()
-                tic, seen = time.perf_counter(), 0
-                sums: dict[str, float] = {}
-                n_batches = 0
-                for i, (x, y) in enumerate(self.loader):
-                    if step >= total_steps:
-                        break
-                    eta = set_learning_rates(self.optimizer, cfg.optim.lr,
-                                             lr_factor(cfg.schedule, epoch + i / steps_per_epoch, t.epochs),
-                                             cfg.schedule.min_lr)
-                    if t.channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=t.amp):
-                        out = self.model(x)
-                        batch = Batch(x, y)
-                        terms: dict[str, torch.Tensor] = {}
-                        for obj in self.objectives:
-                            terms.update(obj(out, batch))
-                    loss = torch.stack([v.float() for v in terms.values()]).sum()
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(
-                            f"loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); the last good "
-                            f"checkpoint is kept in {self.ckpt_dir}; lower optim.lr or set train.grad_clip")
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if t.grad_clip:
-                        nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                    self.optimizer.step()
-                    step += 1
-                    n_batches += 1
-                    seen += len(y)
-                    for k, v in terms.items():
-                        sums[k] = sums.get(k, 0.0) + v.item()
-                    sums["loss"] = sums.get("loss", 0.0) + loss.item()
-                    for h in self.hooks:
-                        h.after_step(self, step)
-                    progress.step(1, loss.item(), seen / max(time.perf_counter() - tic, 1e-9))
-                train_time = time.perf_counter() - tic
-                elapsed += train_time
-                record = {"epoch": epoch + 1, "step": step, "lr": eta,
-                          **{f"train/{k}": v / max(n_batches, 1) for k, v in sums.items()},
-                          "train/images_per_s": seen / max(train_time, 1e-9), "time/train_s": elapsed}
-                last = epoch + 1 == t.epochs or step >= total_steps
-                if (epoch + 1) % t.eval_every == 0 or last:
+                record, step, seconds = self._run_epoch(epoch, step, total_steps, progress)
+                elapsed += seconds
+                record["time/train_s"] = elapsed
+                if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs or step >= total_steps:
                     record.update(evaluate(self.model, self.x_test, self.y_test, self.normalizer,
                                            t.eval_batch_size, t.channels_last))
                 for h in self.hooks:
@@ -339,6 +293,60 @@ class Trainer:
         finally:
             progress.close()
         return self._finish(record, step, elapsed)
+
+    def _run_epoch(self, epoch: int, step: int, total_steps: int, progress: Progress) -> tuple[dict, int, float]:
+        """One pass over the loader (stopping at total_steps); returns the epoch's record, the step, seconds."""
+        cfg, t = self.cfg, self.cfg.train
+        self.epoch = epoch
+        self.loader.set_epoch(epoch)
+        for h in self.hooks:
+            h.on_epoch_start(self, epoch)
+        self.model.train()
+        steps_per_epoch = len(self.loader)
+        tic, seen, n_batches, eta = time.perf_counter(), 0, 0, cfg.optim.lr
+        sums: dict[str, torch.Tensor] = {}  # summed on the device; read once per epoch
+        for i, (x, y) in enumerate(self.loader):
+            if step >= total_steps:
+                break
+            eta = set_learning_rates(self.optimizer, cfg.optim.lr,
+                                     lr_factor(cfg.schedule, epoch + i / steps_per_epoch, t.epochs), cfg.schedule.min_lr)
+            loss, terms = self._train_step(x, y, step, epoch)
+            step, n_batches, seen = step + 1, n_batches + 1, seen + len(y)
+            for k, v in {**terms, "loss": loss}.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
+            for h in self.hooks:
+                h.after_step(self, step)
+            if progress.bar is not None:
+                progress.step(1, loss.item(), seen / max(time.perf_counter() - tic, 1e-9))
+        seconds = time.perf_counter() - tic
+        record = {"epoch": epoch + 1, "step": step, "lr": eta,
+                  **{f"train/{k}": float(v) / max(n_batches, 1) for k, v in sums.items()},
+                  "train/images_per_s": seen / max(seconds, 1e-9)}
+        return record, step, seconds
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int, epoch: int) -> tuple[torch.Tensor, dict]:
+        """Forward, objectives, finite-loss check, backward, clip, optimizer step."""
+        t = self.cfg.train
+        if t.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = torch.bfloat16 if self.device.type in ("cpu", "cuda") else torch.float16
+        with torch.autocast(self.device.type, dtype=dtype, enabled=t.amp):
+            out = self.model(x)
+            batch = Batch(x, y)
+            terms: dict[str, torch.Tensor] = {}
+            for obj in self.objectives:
+                terms.update(obj(out, batch))
+        loss = torch.stack([v.float() for v in terms.values()]).sum()
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); the last good "
+                f"checkpoint is kept in {self.ckpt_dir}; lower optim.lr or set train.grad_clip")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        return loss, terms
 
     def _finish(self, record: dict[str, Any], step: int, elapsed: float) -> dict[str, Any]:
         ckpt.save_model(self.model, self.out / "model.safetensors", self.spec)
