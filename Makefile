@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= digits
 DEMO_ARGS ?=
+# on a real dataset (e.g. CIFAR-10) the demo trains on a class-balanced 5,000-image pool with crop 4 + flip
+CIFAR_DEMO := data.labels=5000 data.augment.padding=4 data.augment.flip=true
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/r18lab train recipes/demo.yaml --out runs/demo-$(notdir $(basename $(basename $(DATA)))) data.source=$(DATA) $(DEMO_ARGS)
+	$(VENV)/bin/r18lab train recipes/demo.yaml --out runs/demo-$(notdir $(basename $(basename $(DATA)))) data.source=$(DATA) $(if $(filter digits,$(DATA)),,$(CIFAR_DEMO)) $(DEMO_ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q --durations=10
