@@ -87,3 +87,27 @@ def test_each_peer_of_a_peer_group_is_balanced(tmp_path):
         tuned = [v for k, v in scales.items() if k.startswith(peer) and v != 1.0]
         assert min(tuned) == pytest.approx(0.5) and max(tuned) == pytest.approx(1.5)
         assert scales[peer + "conv1"] == 1.0 and scales[peer + "fc"] == 1.0
+
+
+def test_analyze_spectrum_cli_contract(tmp_path, capsys):
+    from r18lab.cli import main
+    runs = {}
+    for name, extra in (("base", []), ("tb", ["hooks=[tempbalance]"])):
+        runs[name] = tmp_path / name / "seed0"
+        assert main(["train", *tiny("model.width=0.125", "train.epochs=1", *extra), "--out", str(runs[name])]) == 0
+    capsys.readouterr()
+    weights = str(runs["base"] / "model.safetensors")
+    assert main(["analyze", "spectrum", weights, "--xmin", "ks", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    model = r18lab.create_model("resnet18", num_classes=4, width=0.125)
+    assert [r["name"] for r in rows] == list(layer_spectra(model))  # depth order, every Conv/Linear
+    for r in rows:
+        assert {"name", "alpha", "xmin", "num_evals", "lambda_max"} <= set(r)
+    assert rows[1]["num_evals"] == 9 * 8  # layer1.0.conv1: 3×3 slices of 8×8
+    plot = tmp_path / "alpha.png"
+    assert main(["analyze", "spectrum", weights, str(runs["tb"] / "model.safetensors"), "--plot", str(plot),
+                 "--esd-layer", "layer1.0.conv1", "--esd-plot", str(tmp_path / "esd.png")]) == 0
+    out = capsys.readouterr().out
+    assert "### base/seed0" in out and "### tb/seed0" in out
+    assert plot.stat().st_size > 1000 and (tmp_path / "esd.png").stat().st_size > 1000
+    assert main(["analyze", "spectrum", weights, "--esd-layer", "nope", "--esd-plot", str(tmp_path / "x.png")]) == 2

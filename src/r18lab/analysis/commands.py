@@ -43,9 +43,13 @@ def run_analysis(a: argparse.Namespace) -> int:
 
 
 def _label(path: Path, paths: list[Path]) -> str:
-    """Shortest distinguishing label: the run directory's name, or the parent path if names clash."""
-    names = [p.parent.name or p.stem for p in paths]
-    return str(path.parent) if names.count(path.parent.name) > 1 else (path.parent.name or path.stem)
+    """The shortest tail of the run directory's path that tells the given files apart."""
+    parents = [p.resolve().parent for p in paths]
+    for k in range(1, max(len(p.parts) for p in parents) + 1):
+        tails = ["/".join(p.parts[-k:]) for p in parents]
+        if len(set(tails)) == len(tails):
+            return "/".join(path.resolve().parent.parts[-k:])
+    return str(path)
 
 
 def _model_or_path(path: Path):
