@@ -21,7 +21,7 @@ def run_protocol(a: argparse.Namespace) -> int:
     tic = time.perf_counter()
     failures = run_all(specs, store, a.workers, log=lambda s: print(s, file=sys.stderr, flush=True))
     rows = collect_rows(specs, settings)
-    print(write_report(rows, out, f"low-data protocol: {Path(a.config).stem}" + (f" ({a.scale})" if a.scale else "")))
+    print(write_report(rows, out, f"{a.name} protocol: {Path(a.config).stem}" + (f" ({a.scale})" if a.scale else "")))
     print(f"wall time {time.perf_counter() - tic:.0f} s; protocol directory: {out}")
     for run_id, err in failures.items():
         print(f"error: run {run_id} failed: {err}", file=sys.stderr)
