@@ -114,7 +114,9 @@ def test_console_script_trains_the_embedded_default(tmp_path):
                 "--out", str(tmp_path / "demo"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "| main |" in r.stdout and (tmp_path / "demo" / "learning_curves.png").stat().st_size > 1000
-    assert (tmp_path / "runs" / "index.sqlite").exists() or os.environ.get("R18LAB_STORE")
+    from r18lab.results.store import RunStore
+    rows = RunStore(os.environ["R18LAB_STORE"]).list()
+    assert [r["status"] for r in rows] == ["done"] and rows[0]["out_dir"].endswith("demo")
 
 
 def test_bench_prints_ratios_against_same_run_references(capsys):

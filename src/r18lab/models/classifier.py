@@ -82,7 +82,7 @@ class PeerGroup(nn.Module):
         first = None
         for i, peer in enumerate(self.peers):
             out = peer(x)
-            first = first or out
+            first = out if first is None else first
             for h, v in out.logits.items():
                 logits[peer_key(i, h)] = v
         return ModelOutput(logits, first.features, first.stages)
