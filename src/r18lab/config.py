@@ -198,17 +198,22 @@ def build_config(tree: dict) -> RunConfig:
         raise ConfigError(_format_error(err)) from None
 
 
+def resolve_tree(path: str | Path | None, overrides: list[str] | None, scale: str | None) -> dict:
+    """File (optional) → its `scales[scale]` overlay → key=value overrides, as a plain tree (not validated)."""
+    tree = read_yaml(path) if path else {}
+    scales = tree.pop("scales", {}) or {}
+    if scale is not None:
+        if scale not in scales:
+            raise ConfigError(f"unknown scale {scale!r}; {path or 'the config'} defines: {', '.join(scales) or 'none'}")
+        tree = _deep_merge(tree, scales[scale])
+    return _deep_merge(tree, parse_overrides(overrides or []))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 scale: str | None = None) -> RunConfig:
     """File (optional) → its `scales[scale]` overlay → overrides → validated RunConfig."""
-    tree = read_yaml(path) if path else {}
-    scales = tree.pop("scales", {}) or {}
+    tree = resolve_tree(path, overrides, scale)
     tree.pop("protocol", None)
-    if scale is not None:
-        if scale not in scales:
-            raise ConfigError(f"unknown scale {scale!r}; this config defines: {', '.join(scales) or 'none'}")
-        tree = _deep_merge(tree, scales[scale])
-    tree = _deep_merge(tree, parse_overrides(overrides or []))
     return build_config(tree)
 
 

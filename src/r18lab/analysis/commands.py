@@ -17,7 +17,9 @@ def run_analysis(a: argparse.Namespace) -> int:
     from .spectrum_plots import plot_alpha_by_depth, plot_esd
 
     paths = [Path(p) for p in a.paths]
-    by_label = {_label(p, paths): analyze(_model_or_path(p), xmin=a.xmin) for p in paths}
+    first = _model_or_path(paths[0])  # loaded once: analysed, and reused for the ESD plot
+    by_label = {_label(p, paths): analyze(first if i == 0 else _model_or_path(p), xmin=a.xmin)
+                for i, p in enumerate(paths)}
     rows = by_label[_label(paths[0], paths)]
     if a.json:
         print(json.dumps(rows if len(paths) == 1 else by_label, indent=2))
@@ -32,8 +34,9 @@ def run_analysis(a: argparse.Namespace) -> int:
         print(f"plot: {plot_alpha_by_depth(by_label, a.plot)}")
     path = paths[0]
     if a.esd_plot:
-        from ..train.engine import load_model
-        spectra = layer_spectra(load_model(path))
+        if isinstance(first, Path):
+            raise ConfigError(f"{path} carries no r18lab architecture, so its layers cannot be rebuilt for --esd-plot")
+        spectra = layer_spectra(first)
         if a.esd_layer not in spectra:
             raise ConfigError(f"--esd-layer {a.esd_layer!r} is not a Conv/Linear layer of {path}; "
                               f"e.g. {', '.join(list(spectra)[:3])}")

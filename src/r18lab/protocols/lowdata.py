@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ..config import Strict, _deep_merge, build_config, config_dict, read_yaml, parse_overrides
+from ..config import Strict, _deep_merge, build_config, config_dict, resolve_tree
 from ..errors import ConfigError
 from ..results.store import config_hash
 from .methods import METHODS
@@ -38,13 +38,7 @@ class RunSpec:
 
 def load_protocol(path: str | Path, overrides: list[str], scale: str | None) -> tuple[LowDataSettings, dict]:
     """Recipe file → (protocol settings, base run-config tree) with the scale overlay and overrides applied."""
-    tree = read_yaml(path)
-    scales = tree.pop("scales", {}) or {}
-    if scale is not None:
-        if scale not in scales:
-            raise ConfigError(f"unknown scale {scale!r}; {path} defines: {', '.join(scales) or 'none'}")
-        tree = _deep_merge(tree, scales[scale])
-    tree = _deep_merge(tree, parse_overrides(overrides))
+    tree = resolve_tree(path, overrides, scale)
     try:
         settings = LowDataSettings.model_validate(tree.pop("protocol", {}) or {})
     except Exception as e:  # pydantic ValidationError → one line
