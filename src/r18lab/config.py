@@ -29,6 +29,7 @@ class DataConfig(Strict):
     train_split: str = "train"
     test_split: str = "test"
     labels: int | None = Field(None, ge=1, description="labelled pool size (nested, class-balanced); None = all")
+    indices: str | None = None  # a file of training-set indices (JSON list, .npy or one per line): train on exactly these
     balanced: bool = True
     split_seed: int | None = None  # None: the run's seed
     image_size: int | None = Field(None, ge=1)
@@ -40,10 +41,11 @@ class DataConfig(Strict):
 class ModelConfig(Strict):
     name: str = "resnet18"
     stem: Literal["cifar", "imagenet"] = "cifar"
-    width: float = Field(1.0, gt=0)
-    heads: list[str] = ["main"]
-    gate: float | None = None
+    width: float = Field(1.0, gt=0, le=64, allow_inf_nan=False)
+    heads: list[Union[str, dict[str, Any]]] = ["main"]  # a name, or {name: fr, dim: 64, ...} with head options
+    gate: float | None = Field(None, allow_inf_nan=False)
     peers: int = Field(1, ge=1)
+    transforms: list[Union[str, dict[str, Any]]] = []  # applied to the built backbone, in order
     options: dict[str, Any] = {}
 
 
@@ -91,7 +93,25 @@ class RunConfig(Strict):
     train: TrainConfig = TrainConfig()
     objective: list[Union[str, dict[str, Any]]] = ["ce"]
     hooks: list[Union[str, dict[str, Any]]] = []
-    teacher: str | None = None  # path of a frozen teacher's weights (model.safetensors), for distillation
+    teacher: str | None = None  # legacy: moved into every objective entry that takes a teacher (see below)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _teacher_into_objectives(cls, tree: Any) -> Any:
+        """`teacher=PATH` (the pre-0.2 form) becomes the `teacher` parameter of each `kd` entry lacking one."""
+        if not isinstance(tree, dict) or not tree.get("teacher"):
+            return tree
+        tree = dict(tree)
+        path = tree.pop("teacher")
+        entries = []
+        for e in tree.get("objective", ["ce"]):
+            if e == "kd":
+                e = {"name": "kd"}
+            if isinstance(e, dict) and e.get("name") in TEACHER_OBJECTIVES and "teacher" not in e:
+                e = {**e, "teacher": path}
+            entries.append(e)
+        tree["objective"] = entries
+        return tree
 
     @field_validator("objective")
     @classmethod
@@ -105,6 +125,10 @@ class RunConfig(Strict):
         if self.schedule.name == "multistep" and not self.schedule.milestones:
             raise ValueError("schedule.milestones must list epochs for schedule.name=multistep")
         return self
+
+
+#: objectives whose `teacher` parameter names frozen weights (their identity enters the run identity)
+TEACHER_OBJECTIVES = ("kd",)
 
 
 def specs(entries: list[Union[str, dict[str, Any]]], kind: str) -> list[tuple[str, dict[str, Any]]]:
@@ -219,3 +243,68 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def config_dict(cfg: RunConfig) -> dict:
     return json.loads(cfg.model_dump_json())
+
+
+# -- run identity -----------------------------------------------------------------------------------------
+#: Keys that change how a run executes but not its result; they are left out of the run identity.
+EXECUTION_ONLY = ("train.progress", "train.threads", "train.device", "train.eval_batch_size")
+
+#: Bump when a code change makes the same configuration give a different result; runs stored under an
+#: older schema then no longer count as done. Adding a config key whose default keeps the old behaviour
+#: does not need a bump: the identity covers only values that differ from the defaults.
+IDENTITY_SCHEMA = 1
+
+
+def _strip(tree: dict, dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.get(p) if isinstance(tree.get(p), dict) else {}
+    tree.pop(leaf, None)
+
+
+def _non_default(tree: Any, default: Any) -> Any:
+    """The part of `tree` that differs from `default` (recursively for mappings)."""
+    if isinstance(tree, dict) and isinstance(default, dict):
+        out = {}
+        for k, v in tree.items():
+            if k not in default:
+                out[k] = v
+            elif v != default[k]:
+                out[k] = _non_default(v, default[k])
+        return out
+    return tree
+
+
+def result_config(cfg: "RunConfig | dict") -> dict:
+    """The result-affecting part of a run config: execution-only keys removed, defaults left out."""
+    tree = config_dict(cfg) if isinstance(cfg, RunConfig) else copy.deepcopy(cfg)
+    default = config_dict(RunConfig())
+    for key in EXECUTION_ONLY:
+        _strip(tree, key)
+        _strip(default, key)
+    return _non_default(tree, default)
+
+
+def teacher_paths(cfg: "RunConfig | dict") -> list[str]:
+    """Paths of the frozen teachers named by the objectives, in order."""
+    entries = cfg.objective if isinstance(cfg, RunConfig) else cfg.get("objective", [])
+    out = []
+    for e in entries:
+        if isinstance(e, dict):
+            t = e.get("teacher")
+            out += [t] if isinstance(t, str) else [x for x in (t or []) if isinstance(x, str)]
+    return out
+
+
+def run_identity(cfg: "RunConfig | dict", teacher_ids: dict[str, str] | None = None) -> str:
+    """16 hex digits of sha256 over (schema, result-affecting config) with each teacher path replaced by the
+    teacher's own run identity (`teacher_ids[path]`), so moving a teacher's folder keeps a student's identity."""
+    import hashlib
+    tree = result_config(cfg)
+    teacher_ids = teacher_ids or {}
+    for e in tree.get("objective", []) if isinstance(tree.get("objective"), list) else []:
+        if isinstance(e, dict) and "teacher" in e:
+            t = e["teacher"]
+            e["teacher"] = ([teacher_ids.get(x, x) for x in t] if isinstance(t, list) else teacher_ids.get(t, t))
+    text = json.dumps({"schema": IDENTITY_SCHEMA, "config": tree}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -25,3 +25,9 @@ class TrainingDiverged(R18Error):
     """Loss became NaN or infinite."""
 
     exit_code = 3
+
+
+class Interrupted(R18Error):
+    """Stopped by the user (Ctrl-C) or a signal; the message names the command that continues."""
+
+    exit_code = 130

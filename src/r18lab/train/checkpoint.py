@@ -6,80 +6,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..atomic import atomic_target
 from ..errors import CheckpointError, R18Error
 
-MODEL_META_KEY = "r18lab.model"
-
-
-def _writable(path: Path):
-    """`atomic_target(path)` after creating its folder; a folder that cannot be made is one clear line."""
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise R18Error(f"cannot write {path}: {e.strerror}; choose a writable output directory (--out)") from None
-    return atomic_target(path)
+from ..models.io import (MODEL_META_KEY, atomic_save_tensors, load_weights, model_spec_of,  # noqa: F401
+                         read_tensors, save_model)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Text file written atomically (temp file + fsync + rename)."""
-    with _writable(path) as tmp:
-        tmp.write_text(text)
-
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors file written atomically (temp file + fsync + rename)."""
-    with _writable(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-
-
-def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a safetensors file and its metadata; a missing or corrupt file is a CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; give the path of a model.safetensors file")
+    """Text file written atomically (temp file + fsync + rename); disk full or no permission is one line."""
     try:
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return load_file(str(path)), meta
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file ({e}); "
-                              "re-export it or point to another file") from None
-
-
-def save_model(model: nn.Module, path: Path, model_spec: dict[str, Any] | None = None,
-               state: dict[str, torch.Tensor] | None = None) -> None:
-    meta = {MODEL_META_KEY: json.dumps(model_spec)} if model_spec is not None else None
-    atomic_save_tensors(state if state is not None else model.state_dict(), path, meta)
-
-
-def load_weights(model: nn.Module, path: Path) -> dict[str, str]:
-    """Strictly load weights into `model`; a mismatch names the first differing keys."""
-    tensors, meta = read_tensors(path)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    extra = sorted(set(tensors) - set(own))
-    bad_shape = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
-    if missing or extra or bad_shape:
-        detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
-                  else f"shape of {bad_shape[0]} is {tuple(tensors[bad_shape[0]].shape)}, "
-                       f"model wants {tuple(own[bad_shape[0]].shape)}")
-        raise CheckpointError(f"checkpoint {path} does not fit this architecture ({detail}); "
-                              "build the model with the config the checkpoint was trained with")
-    model.load_state_dict(tensors, strict=True)
-    return meta
-
-
-def model_spec_of(path: Path) -> dict[str, Any]:
-    _, meta = read_tensors(path)
-    if MODEL_META_KEY not in meta:
-        raise CheckpointError(f"{path} carries no r18lab model description; pass the architecture explicitly")
-    return json.loads(meta[MODEL_META_KEY])
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_target(path) as tmp:
+            tmp.write_text(text)
+    except OSError as e:
+        raise R18Error(f"cannot write {path}: {e.strerror or e}; free disk space or choose a writable --out "
+                       "(the previous file, if any, is unchanged)") from None
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:

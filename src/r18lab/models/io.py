@@ -1,0 +1,253 @@
+"""Model I/O: weights as safetensors whose metadata carries the architecture, the preprocessing and the run
+identity, so whoever loads them (eval, export, a teacher, a probe, an analysis) rebuilds and feeds the model
+exactly as it was trained (the role of timm's `pretrained_cfg`)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..atomic import atomic_target
+from ..errors import CheckpointError, R18Error
+
+MODEL_META_KEY = "r18lab.model"
+PREPROCESSING_META_KEY = "r18lab.preprocessing"
+IDENTITY_META_KEY = "r18lab.run_identity"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How raw images become the model's input: uint8 H×W×C in `channel_order` at `input_size` (C, H, W),
+    then (x/255 − mean)/std per channel. `classes` names the output units in order."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: tuple[int, int, int]
+    channel_order: str = "RGB"
+    classes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        c = self.input_size[0]
+        if len(self.mean) != c or len(self.std) != c:
+            raise CheckpointError(f"preprocessing has {len(self.mean)} means / {len(self.std)} stds for {c} channels")
+        if any(not (s > 0) for s in self.std):
+            raise CheckpointError(f"preprocessing std must be positive, got {list(self.std)}")
+
+    @classmethod
+    def identity(cls, input_size: Sequence[int], classes: Sequence[str] = ()) -> "Preprocessing":
+        """No normalisation beyond /255 (`data.normalize=none`)."""
+        c = int(input_size[0])
+        return cls((0.0,) * c, (1.0,) * c, tuple(int(v) for v in input_size), _channel_order(c), tuple(classes))
+
+    @classmethod
+    def of(cls, mean: Sequence[float], std: Sequence[float], input_size: Sequence[int],
+           classes: Sequence[str] = ()) -> "Preprocessing":
+        c = int(input_size[0])
+        return cls(tuple(float(m) for m in mean), tuple(float(s) for s in std),
+                   tuple(int(v) for v in input_size), _channel_order(c), tuple(str(k) for k in classes))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str, where: object = "checkpoint") -> "Preprocessing":
+        try:
+            d = json.loads(text)
+            return cls(tuple(d["mean"]), tuple(d["std"]), tuple(d["input_size"]), d.get("channel_order", "RGB"),
+                       tuple(d.get("classes", ())))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{where} has corrupt preprocessing metadata ({type(e).__name__}: {e}); "
+                                  "re-export the weights from their run directory") from None
+
+    def normalizer(self) -> "Normalizer":
+        return Normalizer(list(self.mean), list(self.std))
+
+    def check_images(self, shape: Sequence[int], what: object) -> None:
+        """One line if uint8 images of N×C×H×W `shape` are not what the model was trained on."""
+        c, h, w = (int(v) for v in shape[1:])
+        if (c, h, w) != tuple(self.input_size):
+            hint = (f"pass image_size={self.input_size[1]}" if c == self.input_size[0]
+                    else f"convert the images to {self.channel_order}")
+            raise R18Error(f"{what} gives {c}×{h}×{w} images but the model was trained on "
+                           f"{'×'.join(map(str, self.input_size))}; {hint}")
+
+
+def _channel_order(c: int) -> str:
+    return {1: "L", 3: "RGB"}.get(c, f"{c}-channel")
+
+
+class Normalizer(nn.Module):
+    """uint8 N×C×H×W → float32 (x/255 − mean)/std, for evaluation and prediction."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+def renormalize(x: torch.Tensor, source: Preprocessing, target: Preprocessing) -> torch.Tensor:
+    """A batch normalised with `source` re-expressed with `target`'s mean/std: x·σs/σt + (μs − μt)/σt (exact, affine)."""
+    if source.mean == target.mean and source.std == target.std:
+        return x
+    view = (1, -1, 1, 1)
+    ms, ss, mt, st = (torch.tensor(v, dtype=x.dtype, device=x.device).view(view)
+                      for v in (source.mean, source.std, target.mean, target.std))
+    return x * (ss / st) + (ms - mt) / st
+
+
+# -- files -------------------------------------------------------------------------------------------------
+def _writable(path: Path):
+    """`atomic_target(path)` after creating its folder; a folder that cannot be made is one clear line."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise R18Error(f"cannot write {path}: {e.strerror}; choose a writable output directory (--out)") from None
+    return atomic_target(path)
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors file written atomically (temp file + fsync + rename); disk full or no permission is one line."""
+    try:
+        with _writable(path) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    except OSError as e:
+        raise R18Error(f"cannot write {path}: {e.strerror or e}; free disk space or choose a writable --out "
+                       "(the previous file, if any, is unchanged)") from None
+    except SafetensorError as e:  # safetensors reports I/O failures (e.g. ENOSPC) as its own error
+        raise R18Error(f"cannot write {path} ({e}); free disk space or choose a writable --out "
+                       "(the previous file, if any, is unchanged)") from None
+
+
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file and its metadata; a missing or corrupt file is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; give the path of a model.safetensors file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file ({e}); "
+                              "re-export it or point to another file") from None
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """Only the metadata of a safetensors file (no tensors read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; give the path of a model.safetensors file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file ({e}); "
+                              "re-export it or point to another file") from None
+
+
+def save_model(model: nn.Module, path: Path, model_spec: dict[str, Any] | None = None,
+               state: dict[str, torch.Tensor] | None = None, preprocessing: Preprocessing | None = None,
+               identity: str | None = None) -> None:
+    """Weights (or `state`) with the architecture, preprocessing and run identity in the metadata."""
+    meta: dict[str, str] = {}
+    if model_spec is not None:
+        meta[MODEL_META_KEY] = json.dumps(model_spec)
+    if preprocessing is not None:
+        meta[PREPROCESSING_META_KEY] = preprocessing.to_json()
+    if identity is not None:
+        meta[IDENTITY_META_KEY] = identity
+    atomic_save_tensors(state if state is not None else model.state_dict(), path, meta or None)
+
+
+def load_weights(model: nn.Module, path: Path) -> dict[str, str]:
+    """Strictly load weights into `model`; a mismatch names the first differing keys."""
+    tensors, meta = read_tensors(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    bad_shape = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    if missing or extra or bad_shape:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+                  else f"shape of {bad_shape[0]} is {tuple(tensors[bad_shape[0]].shape)}, "
+                       f"model wants {tuple(own[bad_shape[0]].shape)}")
+        raise CheckpointError(f"checkpoint {path} does not fit this architecture ({detail}); "
+                              "build the model with the config the checkpoint was trained with")
+    model.load_state_dict(tensors, strict=True)
+    return meta
+
+
+def spec_from_meta(meta: dict[str, str], path: Path) -> dict[str, Any]:
+    if MODEL_META_KEY not in meta:
+        raise CheckpointError(f"{path} carries no r18lab model description; pass the architecture explicitly")
+    try:
+        spec = json.loads(meta[MODEL_META_KEY])
+    except ValueError:
+        spec = None
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise CheckpointError(f"{path} has corrupt model metadata; re-export the weights from their run directory")
+    return spec
+
+
+def model_spec_of(path: Path) -> dict[str, Any]:
+    """The architecture stored in a weights file's metadata."""
+    return spec_from_meta(read_metadata(Path(path)), Path(path))
+
+
+def preprocessing_of(path: Path) -> Preprocessing | None:
+    """The preprocessing stored with the weights, or None for files written before it was stored."""
+    meta = read_metadata(Path(path))
+    return Preprocessing.from_json(meta[PREPROCESSING_META_KEY], path) if PREPROCESSING_META_KEY in meta else None
+
+
+def build_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """`create_model(**spec)`; a spec the registries reject is one line naming the option."""
+    from .classifier import create_model
+    spec = dict(spec)
+    try:
+        return create_model(spec.pop("name"), **spec)
+    except TypeError as e:
+        raise CheckpointError(f"model description {spec} is not buildable ({e}); "
+                              "the weights come from another r18lab version or were edited") from None
+
+
+class LoadedModel(NamedTuple):
+    """A rebuilt model with what its file says about it."""
+
+    model: nn.Module
+    spec: dict[str, Any]
+    preprocessing: Preprocessing | None
+    identity: str | None
+    path: Path
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Rebuild the model from its metadata, load its weights, return it with preprocessing and identity."""
+    path = Path(path)
+    meta = read_metadata(path)
+    spec = spec_from_meta(meta, path)
+    pre = Preprocessing.from_json(meta[PREPROCESSING_META_KEY], path) if PREPROCESSING_META_KEY in meta else None
+    model = build_from_spec(spec)
+    load_weights(model, path)
+    return LoadedModel(model.to(device), spec, pre, meta.get(IDENTITY_META_KEY), path)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild a model from the architecture stored in its safetensors metadata and load its weights."""
+    return load_checkpoint(path, device).model
+
+
+def require_preprocessing(loaded: LoadedModel) -> Preprocessing:
+    """The stored preprocessing, or one line saying the file predates it and what to do."""
+    if loaded.preprocessing is None:
+        raise CheckpointError(f"{loaded.path} carries no preprocessing (written before r18lab stored it); "
+                              "re-train it, or pass --normalize dataset to recompute mean/std from the data")
+    return loaded.preprocessing
