@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 import r18lab
 from r18lab.config import load_config
+from r18lab.errors import R18Error
 from r18lab.train import checkpoint as ckpt
 from r18lab.train.engine import train
 from r18lab.train.optim import build_optimizer
@@ -22,8 +23,9 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "save_file", crash)
-    with pytest.raises(OSError):
+    import r18lab.models.io as model_io
+    monkeypatch.setattr(model_io, "save_file", crash)
+    with pytest.raises(R18Error, match="No space left on device"):  # one line for the user, not a traceback
         ckpt.atomic_save_tensors({"w": torch.zeros(3)}, target)
     assert torch.equal(load_file(target)["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp file left behind

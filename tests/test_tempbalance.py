@@ -10,7 +10,7 @@ from r18lab.config import load_config
 from r18lab.errors import ConfigError
 from r18lab.train.engine import Trainer
 from r18lab.train.optim import set_learning_rates
-from r18lab.train.tempbalance import linear_lr_scales, tuned_layers
+from r18lab.train.hooks.tempbalance import linear_lr_scales, tuned_layers
 
 from helpers import tiny
 

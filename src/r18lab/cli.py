@@ -34,7 +34,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         a.overrides, a.config = [a.config, *a.overrides], None  # no file: only key=value overrides
     cfg = load_config(a.config, a.overrides, a.scale)
     out = Path(a.out) if a.out else Path("runs") / (Path(a.config).stem if a.config else "default")
-    summary = execute(cfg, out, resume=a.resume, store=open_store(a.store))
+    summary = execute(cfg, out, resume=a.resume, overwrite=a.overwrite, store=open_store(a.store))
     _print_result_table(summary)
     from .results.report import report_run
     print(report_run(out))
@@ -53,24 +53,47 @@ def _print_result_table(summary: dict) -> None:
 
 @command("eval")
 def cmd_eval(a: argparse.Namespace) -> int:
-    import torch
+    from .config import parse_overrides
     from .data import load
-    from .data.augment import channel_stats
     from .data.loader import to_device_tensors
-    from .train.engine import Normalizer, evaluate, load_model, pick_device
+    from .models.io import load_checkpoint, require_preprocessing
+    from .train.engine import evaluate
+    from .train.environment import pick_device
 
     device = pick_device(a.device)
-    model = load_model(a.weights, device)
-    from .config import parse_overrides
+    loaded = load_checkpoint(a.weights, device)
     opts = parse_overrides(a.options)
-    train, test = load(a.data, split="train", **opts), load(a.data, split=a.split, **opts)
-    mean, std = channel_stats(train)
+    test = load(a.data, split=a.split, **opts)
+    if a.normalize == "dataset":  # files written before preprocessing was stored: the old behaviour, on request
+        from .data.augment import channel_stats
+        from .models.io import Preprocessing
+        h, w, c = test.images.shape[1:]
+        pre = Preprocessing.of(*channel_stats(load(a.data, split="train", **opts)), (c, h, w), test.classes)
+    else:
+        pre = require_preprocessing(loaded)
+    model = loaded.model
+    if model.num_classes != test.num_classes:
+        raise ConfigError(f"model has {model.num_classes} classes but {a.data} has {test.num_classes}; "
+                          "evaluate on the data it was trained on")
     x, y = to_device_tensors(test, device)
-    if model.num_classes != train.num_classes:
-        raise ConfigError(f"model has {model.num_classes} classes but {a.data} has {train.num_classes}")
-    with torch.no_grad():
-        res = evaluate(model, x, y, Normalizer(list(mean), list(std)).to(device), a.batch_size)
+    pre.check_images(x.shape, f"{a.data} ({a.split})")
+    if pre.classes and list(pre.classes) != list(test.classes):
+        raise ConfigError(f"{a.data} names its classes {list(test.classes)[:4]}… but the model was trained on "
+                          f"{list(pre.classes)[:4]}…; evaluate on data with the same classes in the same order")
+    res = evaluate(model, x, y, pre.normalizer().to(device), a.batch_size)
     _print_json(res) if a.json else [print(f"{k}: {v:.4f}") for k, v in res.items()]
+    return 0
+
+
+@command("predict")
+def cmd_predict(a: argparse.Namespace) -> int:
+    from .config import parse_overrides
+    from .predict import check_output, predict
+
+    check_output(a.out, a.overwrite)  # before the work, not after it
+    preds = predict(a.weights, a.data, split=a.split, indices=a.indices, stages=a.stages,
+                    batch_size=a.batch_size, device=a.device, data_options=parse_overrides(a.overrides))
+    print(preds.summary(preds.save(a.out, overwrite=a.overwrite)))
     return 0
 
 
@@ -82,8 +105,14 @@ def cmd_export(a: argparse.Namespace) -> int:
     from .train.checkpoint import model_spec_of
     from .train.engine import load_model
 
-    model = load_model(a.weights)
     keep = [h.strip() for h in a.keep.split(",") if h.strip()]
+    if not keep:
+        raise ConfigError(f"--keep {a.keep!r} names no head; list the heads to keep, e.g. --keep main")
+    model = load_model(a.weights)
+    have = list((model.peers[0] if hasattr(model, "peers") else model).head_names)  # a peer group exports peer 0
+    unknown = [h for h in keep if h not in have]
+    if unknown:
+        raise ConfigError(f"{a.weights} has no head {unknown[0]!r}; keep some of its heads: --keep {','.join(have)}")
     state = export_state(model, keep)
     spec = model_spec_of(Path(a.weights))
     dropped = [h for h in spec["heads"] if h not in keep]
@@ -91,7 +120,9 @@ def cmd_export(a: argparse.Namespace) -> int:
     spec.update(heads=keep, peers=1)
     if not any(HEADS.get(h).gates_main for h in keep if h != "main"):
         spec["gate"] = None  # forward is unchanged: the gate is the identity in the forward pass
-    save_model(model, Path(a.out), spec, state=state)
+    from .models.io import IDENTITY_META_KEY, preprocessing_of, read_metadata
+    save_model(model, Path(a.out), spec, state=state, preprocessing=preprocessing_of(Path(a.weights)),
+               identity=read_metadata(Path(a.weights)).get(IDENTITY_META_KEY))
     print(f"wrote {a.out}: heads {keep}, {sum(v.numel() for k, v in state.items() if 'running' not in k and 'num_batches' not in k):,} parameters")
     return 0
 
@@ -126,6 +157,8 @@ def cmd_runs(a: argparse.Namespace) -> int:
             print(f"{r['status']:9} {wall if wall is None else round(wall, 1)!s:>8}  "
                   f"{'' if acc is None else f'{acc:.2f}':>8}  {r['run_id']}")
         return 0
+    if not a.run_id:
+        raise ConfigError("`runs show` needs a run id; `r18lab runs list` shows the run ids")
     row = store.get(a.run_id)
     if row is None:
         raise R18Error(f"no run {a.run_id!r} in {store.path}; `r18lab runs list` shows the run ids")
@@ -152,7 +185,8 @@ def cmd_models(a: argparse.Namespace) -> int:
     model = build_from_spec(model_spec(cfg, int(num_classes)))
     size = image_size or (32 if cfg.model.stem == "cifar" else 224)
     info = {"name": a.name, "params": count_params(model), "flops": count_flops(model, (in_channels, size, size)),
-            "head_params": head_params(model), "image_size": size, "num_classes": int(num_classes),
+            "head_params": head_params(model), "transforms": getattr(model, "transforms", []),
+            "image_size": size, "num_classes": int(num_classes),
             "flops_convention": "multiply-accumulates of conv and linear layers"}
     if a.json:
         _print_json(info)
@@ -171,7 +205,7 @@ def cmd_analyze(a: argparse.Namespace) -> int:
 
 @command("protocol")
 def cmd_protocol(a: argparse.Namespace) -> int:
-    from .protocols.commands import run_protocol
+    from .protocols.commands import run_protocol  # --workers < 1: one-line error, exit 2; Ctrl-C: exit 130
     return run_protocol(a)
 
 
@@ -197,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="YAML config (default: the embedded default, digits)")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 model.heads=[main,fr]")
     t.add_argument("--out", help="run directory (default runs/<config name>)")
-    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (same config)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     t.add_argument("--scale", help="apply the config's named scale (tiny, small, paper)")
     t.add_argument("--store", help="results store (default $R18LAB_STORE or runs/index.sqlite)")
 
@@ -209,6 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=512)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--normalize", choices=["stored", "dataset"], default="stored",
+                   help="stored: the weights' own preprocessing (default); dataset: recompute mean/std from the "
+                        "data's train split (only for files written before preprocessing was stored)")
+
+    pd = sub.add_parser("predict", help="per-sample logits of every head, features (and stage maps) as .npz")
+    pd.add_argument("weights", help="model.safetensors (its stored preprocessing is used)")
+    pd.add_argument("data", help="a path or built-in name")
+    pd.add_argument("overrides", nargs="*", metavar="option", help="source options, e.g. image_size=32")
+    pd.add_argument("--split", default="test")
+    pd.add_argument("--indices", help="only these rows: JSON list, save_split JSON, .npy, or one integer per line")
+    pd.add_argument("--stages", action="store_true", help="also store the per-stage feature maps")
+    pd.add_argument("--batch-size", type=int, default=512)
+    pd.add_argument("--device", default="auto")
+    pd.add_argument("--out", required=True, help="output .npz")
+    pd.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     x = sub.add_parser("export", help="write the model with only the kept heads")
     x.add_argument("weights")
@@ -245,14 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--esd-layer", help="layer whose ESD to plot (with --esd-plot)")
     an.add_argument("--esd-plot")
 
+    from .protocols import EXECUTORS, PROTOCOLS  # the registered protocols and executors are the choices
     pr = sub.add_parser("protocol", help="run a multi-run protocol")
-    pr.add_argument("name", choices=["lowdata", "compare"],
-                    help="lowdata: nested label pools × seeds × methods; compare: the same runner on the full set")
+    pr.add_argument("name", choices=PROTOCOLS.names(), help="; ".join(
+        f"{n}: {(PROTOCOLS.get(n).__doc__ or '').strip().splitlines()[0]}" for n in PROTOCOLS.names()))
     pr.add_argument("config")
     pr.add_argument("overrides", nargs="*")
     pr.add_argument("--scale")
-    pr.add_argument("--out", help="protocol directory (default runs/<name>)")
-    pr.add_argument("--workers", type=int, default=1)
+    pr.add_argument("--out", help="protocol directory (default runs/<name>-<config>[-<scale>])")
+    pr.add_argument("--workers", type=int, default=1, help="runs at once (local: 1 = in this process)")
+    pr.add_argument("--executor", default="local", choices=EXECUTORS.names(), help="where the runs execute")
     pr.add_argument("--store")
 
     rp = sub.add_parser("report", help="plots and tables of a run directory")
@@ -264,7 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=128)
     b.add_argument("--width", type=float, default=1.0)
     b.add_argument("--device", default="auto")
+    b.add_argument("--matmul-sizes", default="1024,2048,3072,4096",
+                   help="n of the n×n float32 matmuls timed for the peak (the best counts)")
     return p
+
+
+def _continue_command(argv: list[str] | None) -> str:
+    """The command line that continues an interrupted command: `--resume` added for train, `--overwrite` dropped."""
+    import shlex
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "train" in args[:2]:
+        args = [x for x in args if x != "--overwrite"]
+        if "--resume" not in args:
+            args.insert(args.index("train") + 1, "--resume")
+    return shlex.join(["r18lab", *args])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted; resume with --resume", file=sys.stderr)
+        print(f"error: interrupted; continue with: {_continue_command(argv)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

@@ -58,7 +58,7 @@ def _label(path: Path, paths: list[Path]) -> str:
 def _model_or_path(path: Path):
     """The rebuilt model (layers in depth order) when the file carries r18lab's architecture, else the path."""
     from ..errors import CheckpointError
-    from ..train.engine import load_model
+    from ..models.io import load_model
     try:
         return load_model(path)
     except CheckpointError:

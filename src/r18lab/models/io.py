@@ -208,6 +208,16 @@ def preprocessing_of(path: Path) -> Preprocessing | None:
     return Preprocessing.from_json(meta[PREPROCESSING_META_KEY], path) if PREPROCESSING_META_KEY in meta else None
 
 
+def model_spec(cfg, num_classes: int) -> dict[str, Any]:
+    """Everything `create_model` needs to rebuild a run config's architecture (stored in the weights' metadata)."""
+    m = cfg.model
+    spec = {"name": m.name, "num_classes": num_classes, "stem": m.stem, "width": m.width,
+            "heads": list(m.heads), "gate": m.gate, "peers": m.peers, **m.options}
+    if m.transforms:
+        spec["transforms"] = list(m.transforms)
+    return spec
+
+
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     """`create_model(**spec)`; a spec the registries reject is one line naming the option."""
     from .classifier import create_model
@@ -251,3 +261,20 @@ def require_preprocessing(loaded: LoadedModel) -> Preprocessing:
         raise CheckpointError(f"{loaded.path} carries no preprocessing (written before r18lab stored it); "
                               "re-train it, or pass --normalize dataset to recompute mean/std from the data")
     return loaded.preprocessing
+
+
+def teacher_identity(path: str | Path) -> str:
+    """A teacher's identity: the run identity stored in its weights, else sha256 of the file (external weights)."""
+    import hashlib
+    path = Path(path)
+    if not path.is_file():
+        from ..errors import ConfigError
+        raise ConfigError(f"teacher weights {path} do not exist; give the path of a trained model.safetensors")
+    stored = read_metadata(path).get(IDENTITY_META_KEY)
+    if stored:
+        return stored
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()[:16]

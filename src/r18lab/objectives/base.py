@@ -1,39 +1,103 @@
-"""The objective seam: `(outputs, batch, context) -> named loss terms`; the engine sums and logs them."""
+"""The objective seam: `(outputs, batch) -> named loss terms`; the engine sums and logs them.
+
+An objective is built once from its config entry and an `ObjectiveContext`, declares the names of the terms it
+logs (`term_names()`), and computes them (`compute(out, batch)`). Every objective takes the generic parameter
+`tag`, handled here once: it renames the terms (`kd` → `kd:t2`, `ce/main` → `ce:t2/main`) so that two entries
+of the same objective (e.g. two `kd` entries, each with its own teacher) log distinct terms;
+`build_objectives` refuses a list in which two entries would log the same term name.
+"""
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
 
 import torch
 
 from ..errors import ConfigError
 from ..registry import OBJECTIVES
 
+if TYPE_CHECKING:  # only for annotations: objectives need no model code at import time
+    from ..models.io import LoadedModel, Preprocessing
+
+#: parameters every objective accepts, handled by `build_objective` rather than by the objective's class
+GENERIC_PARAMS = ("tag",)
+_TAG = re.compile(r"[A-Za-z0-9_.\-]+")
+
 
 @dataclass
 class Batch:
+    """One training batch as the student sees it: `x` augmented and normalised with the student's
+    preprocessing (`ObjectiveContext.preprocessing`), `y` the integer labels."""
+
     x: torch.Tensor
     y: torch.Tensor
 
 
 @dataclass
 class ObjectiveContext:
-    """What an objective may need when it is built: head names, devices, a teacher loader."""
+    """What an objective may need when it is built.
+
+    `load_checkpoint(path)` rebuilds a model from its weights file and returns it already on `device`
+    (None: objectives fall back to `r18lab.models.io.load_checkpoint(path, device)`); `preprocessing` is the
+    student's input normalisation, the one `Batch.x` is normalised with."""
 
     head_names: list[str]
     num_classes: int
     device: torch.device
     label_smoothing: float = 0.0
-    load_teacher: Callable[[], torch.nn.Module] | None = None
+    load_checkpoint: Callable[[str], "LoadedModel"] | None = None
+    preprocessing: "Preprocessing | None" = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def load(self, path: str) -> "LoadedModel":
+        """`load_checkpoint(path)`, or the library's loader onto `device` when the context has none."""
+        if self.load_checkpoint is not None:
+            return self.load_checkpoint(path)
+        from ..models.io import load_checkpoint
+        return load_checkpoint(path, self.device)
+
+
+def tag_term(term: str, tag: str | None) -> str:
+    """`kd` → `kd:TAG`; `ce/main` → `ce:TAG/main` (the tag joins the objective's part of the name)."""
+    if not tag:
+        return term
+    first, sep, rest = term.partition("/")
+    return f"{first}:{tag}{sep}{rest}"
 
 
 class Objective:
-    """Base: subclasses implement `__call__(out, batch) -> {term: scalar tensor}`."""
+    """Base: subclasses implement `compute(out, batch) -> {term: scalar tensor}` and `term_names()`.
 
-    def __call__(self, out, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover
+    Calling the objective returns `compute`'s terms renamed by the entry's `tag` (see `tag_term`); subclasses
+    do not override `__call__`, so the tag is applied in one place."""
+
+    tag: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__:  # an objective written as a callable: its __call__ becomes `compute`
+            if "compute" in cls.__dict__:
+                raise TypeError(f"{cls.__name__}: implement compute(out, batch) only; the base's __call__ applies the tag")
+            cls.compute = cls.__dict__["__call__"]
+            del cls.__call__
+
+    def term_names(self) -> list[str]:
+        """The names `compute` returns, before tagging, when known at build time ([]: checked when first called)."""
+        return []
+
+    def compute(self, out, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+    @property
+    def terms(self) -> list[str]:
+        """The names this objective logs, tag applied."""
+        return [tag_term(t, self.tag) for t in self.term_names()]
+
+    def __call__(self, out, batch: Batch) -> dict[str, torch.Tensor]:
+        terms = self.compute(out, batch)
+        return terms if not self.tag else {tag_term(k, self.tag): v for k, v in terms.items()}
 
 
 def resolve_heads(heads: str | list[str], available: list[str], who: str) -> list[str]:
@@ -48,11 +112,49 @@ def resolve_heads(heads: str | list[str], available: list[str], who: str) -> lis
 
 
 def build_objective(name: str, params: dict[str, Any], ctx: ObjectiveContext) -> Objective:
-    """Look up `name` in OBJECTIVES and build it, naming any unknown parameter."""
+    """Look up `name` in OBJECTIVES and build it, naming any unknown parameter; applies the generic `tag`."""
     cls = OBJECTIVES.get(name)
     sig = inspect.signature(cls.__init__)
-    valid = [p for p in sig.parameters if p not in ("self", "ctx")]
+    valid = [p for p in sig.parameters if p not in ("self", "ctx")] + list(GENERIC_PARAMS)
     for key in params:
         if key not in valid:
             raise ConfigError(f"unknown parameter {key!r} for objective {name!r}; valid: {', '.join(valid)}")
-    return cls(ctx, **params)
+    params = dict(params)
+    tag = params.pop("tag", None)
+    if tag is not None and (not isinstance(tag, str) or not _TAG.fullmatch(tag)):
+        raise ConfigError(f"objective {name}: tag must be a short name of letters, digits, '_', '.' or '-' "
+                          f"(e.g. tag: t2), got {tag!r}")
+    obj = cls(ctx, **params)
+    obj.tag = tag
+    return obj
+
+
+Entry = Union[str, dict, tuple]
+
+
+def _pair(entry: Entry) -> tuple[str, dict[str, Any]]:
+    if isinstance(entry, tuple) and len(entry) == 2:
+        return entry[0], dict(entry[1])
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+        return entry["name"], {k: v for k, v in entry.items() if k != "name"}
+    raise ConfigError(f"each objective must be a name or a mapping with a 'name' key, got {entry!r}")
+
+
+def build_objectives(entries: Iterable[Entry], ctx: ObjectiveContext) -> list[Objective]:
+    """Build every objective entry (`name`, `{name: ..., **params}` or `(name, params)`), refusing two entries
+    that would log the same term name (the fix: a distinct `tag` on one of them)."""
+    built: list[Objective] = []
+    owner: dict[str, tuple[int, str]] = {}
+    for i, entry in enumerate(entries, 1):
+        name, params = _pair(entry)
+        obj = build_objective(name, params, ctx)
+        for term in obj.terms:
+            if term in owner:
+                j, other = owner[term]
+                raise ConfigError(f"objectives #{j} ({other}) and #{i} ({name}) both log the term {term!r}; "
+                                  f"give #{i} a distinct tag, e.g. {{name: {name}, tag: t{i}, ...}}")
+            owner[term] = (i, name)
+        built.append(obj)
+    return built

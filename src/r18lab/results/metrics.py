@@ -117,3 +117,18 @@ def _is_record(raw: bytes) -> bool:
         return isinstance(json.loads(raw.decode("utf-8")), dict)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return False
+
+
+def keep_epochs(path: str | os.PathLike[str], last_epoch: int) -> None:
+    """Drop records of epochs after `last_epoch` (written before a kill, ahead of their checkpoint), atomically.
+
+    A resumed run continues from its last committed checkpoint; records of later epochs would be repeated."""
+    from ..atomic import atomic_write_text
+    p = Path(path)
+    if not p.exists():
+        return
+    _drop_partial_last_line(p)
+    records = read_metrics(p)
+    kept = [r for r in records if not isinstance(r.get("epoch"), int) or r["epoch"] <= last_epoch]
+    if len(kept) != len(records):
+        atomic_write_text(p, "".join(dumps(r) + "\n" for r in kept))

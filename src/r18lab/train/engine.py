@@ -3,77 +3,29 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import objectives as _objectives  # noqa: F401  (registers objectives)
-from ..config import RunConfig, config_dict, specs
-from ..data import load
-from ..data.augment import Augment, channel_stats
-from ..data.loader import BatchLoader, to_device_tensors
-from ..data.splits import nested_pools, save_split
-from ..errors import ConfigError, R18Error, TrainingDiverged
-from ..models import create_model
-from ..objectives.base import Batch, ObjectiveContext, build_objective
-from ..results.metrics import MetricsWriter
+from ..config import RunConfig, config_dict, run_identity, specs, teacher_paths
+from ..data.training import TrainingData, prepare as prepare_data
+from ..errors import R18Error, TrainingDiverged
+from ..models.io import (Normalizer, build_from_spec, load_checkpoint, load_model,  # noqa: F401
+                         model_spec, teacher_identity)
+from ..objectives.base import Batch, ObjectiveContext, build_objectives
+from ..results.metrics import MetricsWriter, keep_epochs
 from . import checkpoint as ckpt
-from . import tempbalance as _tempbalance  # noqa: F401  (registers the hook)
-from .hooks import build_hook
+from . import rundir
+from .environment import pick_device, run_environment  # noqa: F401  (pick_device: public here too)
+from .hooks import build_hook, overrides
 from .optim import build_optimizer, lr_factor, set_learning_rates
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """`auto` → CUDA if present, else Apple MPS, else CPU; otherwise the named device."""
-    if name != "auto":
-        try:
-            return torch.device(name)
-        except RuntimeError:
-            raise ConfigError(f"invalid value for 'train.device': {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def model_spec(cfg: RunConfig, num_classes: int) -> dict[str, Any]:
-    """Everything `create_model` needs to rebuild this run's architecture (stored in the weights' metadata)."""
-    m = cfg.model
-    return {"name": m.name, "num_classes": num_classes, "stem": m.stem, "width": m.width,
-            "heads": list(m.heads), "gate": m.gate, "peers": m.peers, **m.options}
-
-
-def build_from_spec(spec: dict[str, Any]) -> nn.Module:
-    spec = dict(spec)
-    return create_model(spec.pop("name"), **spec)
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a model from the architecture stored in its safetensors metadata and load its weights."""
-    model = build_from_spec(ckpt.model_spec_of(Path(path)))
-    ckpt.load_weights(model, Path(path))
-    return model.to(device)
-
-
-class Normalizer(nn.Module):
-    """uint8 NCHW → float normalised, for evaluation."""
-
-    def __init__(self, mean: list[float], std: list[float]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std
 
 
 @torch.no_grad()
@@ -118,10 +70,12 @@ class Progress:
             from tqdm import tqdm
             self.bar = tqdm(total=self.total_steps, unit="step", dynamic_ncols=True, leave=False)
 
-    def step(self, n: int, loss: float, images_per_s: float) -> None:
+    def step(self, n: int, loss: torch.Tensor | float | None, images_per_s: float) -> None:
+        """Advance the bar; `loss` (read from the device) only every 50 steps, so the bar adds no per-step sync."""
         if self.bar is not None:
             self.bar.update(n)
-            self.bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{images_per_s:.0f}")
+            if loss is not None and (self.bar.n % 50 == 0 or not torch.is_tensor(loss)):
+                self.bar.set_postfix(loss=f"{float(loss):.3f}", img_s=f"{images_per_s:.0f}")
 
     def epoch(self, epoch: int, epochs: int, record: dict[str, Any], done_steps: int, images_per_s: float) -> None:
         if self.mode == "none":
@@ -140,16 +94,20 @@ class Progress:
 
 
 class Trainer:
-    """Runs one configuration into `out_dir`: data, model, objectives, hooks, loop, checkpoints, metrics."""
+    """Runs one configuration into `out_dir`: the loop, and the calls into data set-up, model I/O, objectives,
+    hooks and checkpoints. `claim` checks the folder (before anything is written) and locks it."""
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, label: str = "") -> None:
         self.cfg = cfg
         self.label = label
         self.out = Path(out_dir)
         self.device = pick_device(cfg.train.device)
-        self.ckpt_dir = self.out / "checkpoint"
+        self.ckpt_dir = self.out / rundir.CHECKPOINT_DIR
+        self.state: rundir.RunState | None = None
+        self._lock: rundir.RunLock | None = None
+        self._overwrite = False
 
-    # -- set-up -----------------------------------------------------------------------------
+    # -- the run folder ---------------------------------------------------------------------
     def prepare_output(self) -> None:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -160,117 +118,116 @@ class Trainer:
             raise R18Error(f"output directory {self.out} is not writable ({e.strerror}); "
                            "pass --out with a directory you can write to") from None
 
-    def _setup_data(self) -> None:
-        cfg = self.cfg.data
-        opts = {**cfg.options, **({"image_size": cfg.image_size} if cfg.image_size else {})}
-        train = load(cfg.source, split=cfg.train_split, **opts)
-        test = load(cfg.source, split=cfg.test_split, **opts)
-        if train.images.shape[1:] != test.images.shape[1:]:
-            raise R18Error(f"train images {train.images.shape[1:]} and test images {test.images.shape[1:]} "
-                           "differ in shape; set data.image_size")
-        self.num_classes = train.num_classes
-        self.classes = train.classes
-        split_seed = self.cfg.seed if cfg.split_seed is None else cfg.split_seed
-        if cfg.labels is not None:
-            if cfg.labels > len(train):
-                raise ConfigError(f"data.labels={cfg.labels} exceeds the {len(train)} training images")
-            idx = np.sort(nested_pools(train.labels, [cfg.labels], seed=split_seed, balanced=cfg.balanced)[0])
-        else:
-            idx = np.arange(len(train))
-        save_split(self.out / "splits.json", {"train": idx})
-        if cfg.normalize == "dataset":
-            mean, std = channel_stats(train)
-        else:
-            mean, std = [0.0] * train.images.shape[3], [1.0] * train.images.shape[3]
-        self.normalizer = Normalizer(list(mean), list(std)).to(self.device)
-        x_tr, y_tr = to_device_tensors(train.subset(idx), self.device)
-        self.x_test, self.y_test = to_device_tensors(test, self.device)
-        a = cfg.augment
-        crop = x_tr.shape[-1] if a.crop == "auto" else a.crop
-        augment = Augment(crop=crop, padding=a.padding, pad_mode=a.pad_mode, flip=a.flip, cutout=a.cutout,
-                          mean=list(mean), std=list(std))
-        t = self.cfg.train
-        self.loader = BatchLoader(x_tr, y_tr, batch_size=min(t.batch_size, len(y_tr)), shuffle=True,
-                                  drop_last=t.drop_last, seed=self.cfg.seed, augment=augment)
-        self.num_train = len(y_tr)
+    def claim(self, resume: bool = False, overwrite: bool = False) -> rundir.RunState:
+        """Lock the folder and refuse (one line, nothing written) what would destroy or corrupt a run in it."""
+        if self.state is not None:
+            return self.state
+        self.identity = run_identity(self.cfg, {p: teacher_identity(p) for p in teacher_paths(self.cfg)})
+        self.prepare_output()
+        self._lock = rundir.RunLock(self.out)
+        self._lock.acquire()
+        try:
+            self.state = rundir.check_may_write(self.out, config_dict(self.cfg), resume, overwrite)
+        except BaseException:
+            self.release()
+            raise
+        self._overwrite = overwrite
+        return self.state
 
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @property
+    def finished(self) -> bool:
+        """True when the claimed folder already holds this configuration's finished run (resume: nothing to do)."""
+        return self.state is not None and self.state.status == "done" and not self._overwrite
+
+    # -- set-up -----------------------------------------------------------------------------
     def _setup_model(self) -> None:
         torch.manual_seed(self.cfg.seed)
         self.spec = model_spec(self.cfg, self.num_classes)
         self.model = build_from_spec(self.spec).to(self.device)
         if self.cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        heads = self.model.head_names
-        teacher_path = self.cfg.teacher
-
-        def load_teacher() -> nn.Module:
-            if teacher_path is None:
-                raise ConfigError("this objective needs a teacher: set teacher=PATH/model.safetensors")
-            return load_model(teacher_path, self.device)
-
-        ctx = ObjectiveContext(heads, self.num_classes, self.device, self.cfg.train.label_smoothing,
-                               load_teacher if teacher_path else None)
-        self.objectives = [build_objective(n, p, ctx) for n, p in specs(self.cfg.objective, "objective")]
+        ctx = ObjectiveContext(self.model.head_names, self.num_classes, self.device, self.cfg.train.label_smoothing,
+                               load_checkpoint=lambda path: load_checkpoint(path, self.device),
+                               preprocessing=self.preprocessing)
+        self.objectives = build_objectives(specs(self.cfg.objective, "objective"), ctx)
         self.hooks = [build_hook(n, p) for n, p in specs(self.cfg.hooks, "hook")]
+        self._before_step = [h for h in self.hooks if overrides(h, "before_step")]
+        self._after_step = [h for h in self.hooks if overrides(h, "after_step")]
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
 
-    # -- checkpoints ------------------------------------------------------------------------
-    def _save_checkpoint(self, epoch: int, step: int, elapsed: float) -> None:
-        tag = f"epoch{epoch + 1:04d}"
-        ckpt.save_model(self.model, self.ckpt_dir / f"{tag}.model.safetensors", self.spec)
-        opt_tensors, opt_info = ckpt.optimizer_state(self.optimizer)
-        rng = {f"rng.{k}": v for k, v in ckpt.rng_state().items()}
-        ckpt.atomic_save_tensors({**{f"optim.{k}": v for k, v in opt_tensors.items()}, **rng},
-                                 self.ckpt_dir / f"{tag}.state.safetensors")
-        state = {"epoch": epoch + 1, "step": step, "tag": tag, "elapsed": elapsed, "optimizer": opt_info,
-                 "hooks": [h.state_dict() for h in self.hooks]}
-        ckpt.atomic_write_text(self.ckpt_dir / "state.json", json.dumps(state))  # the commit point
-        for old in self.ckpt_dir.glob("epoch*.safetensors"):
-            if not old.name.startswith(tag):
-                old.unlink(missing_ok=True)
+    @property
+    def preprocessing(self):
+        return self.data.preprocessing
 
-    def _restore_checkpoint(self) -> tuple[int, int, float]:
-        state_path = self.ckpt_dir / "state.json"
-        if not state_path.is_file():
-            return 0, 0, 0.0
-        try:
-            state = json.loads(state_path.read_text())
-        except json.JSONDecodeError:
-            raise R18Error(f"{state_path} is corrupt; delete {self.ckpt_dir} to start over") from None
-        ckpt.load_weights(self.model, self.ckpt_dir / f"{state['tag']}.model.safetensors")
-        tensors, _ = ckpt.read_tensors(self.ckpt_dir / f"{state['tag']}.state.safetensors")
-        opt = {k[len("optim."):]: v.to(self.device) for k, v in tensors.items() if k.startswith("optim.")}
-        ckpt.restore_optimizer(self.optimizer, opt, state["optimizer"])
-        ckpt.restore_rng({k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")})
-        for hook, hs in zip(self.hooks, state["hooks"]):
-            hook.load_state_dict(hs)
-        return state["epoch"], state["step"], state["elapsed"]
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    @property
+    def num_train(self) -> int:
+        return self.data.num_train
+
+    @property
+    def loader(self):
+        return self.data.loader
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return self._normalizer
+
+    @property
+    def x_test(self) -> torch.Tensor:
+        return self.data.x_test
+
+    @property
+    def y_test(self) -> torch.Tensor:
+        return self.data.y_test
 
     # -- the loop ---------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
         """Hooks may call this to add records to metrics.jsonl."""
         self.metrics.write(record)
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        cfg, t = self.cfg, self.cfg.train
-        self.prepare_output()
-        if t.threads:
-            torch.set_num_threads(t.threads)
-        if t.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        ckpt.atomic_write_text(self.out / "config.json", json.dumps(config_dict(cfg), indent=2))
-        self._setup_data()
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """Train (or continue) the run; a folder holding this run finished returns its summary untouched."""
+        self.claim(resume, overwrite)
+        try:
+            if self.finished:
+                return json.loads((self.out / "summary.json").read_text())
+            with run_environment(self.cfg.train.threads, self.cfg.train.deterministic):
+                return self._fit(resume and not self.state.empty)
+        finally:
+            self.release()
+
+    def _fit(self, resume: bool) -> dict[str, Any]:
+        t = self.cfg.train
+        if self._overwrite:
+            rundir.clear(self.out)
+        rundir.clean_stale(self.out, ckpt.committed_tag(self.ckpt_dir) if resume else None)
+        ckpt.atomic_write_text(self.out / "config.json", json.dumps(config_dict(self.cfg), indent=2))
+        self.data: TrainingData = prepare_data(self.cfg, self.out, self.device)
+        self._normalizer = self.preprocessing.normalizer().to(self.device)
         self._setup_model()
-        start_epoch, step, elapsed = self._restore_checkpoint() if resume else (0, 0, 0.0)
-        if not resume and (self.out / "metrics.jsonl").exists():
-            (self.out / "metrics.jsonl").unlink()
-        self.metrics = MetricsWriter(self.out / "metrics.jsonl")
+        start_epoch, step, elapsed = (ckpt.restore_training_state(self.ckpt_dir, self.model, self.optimizer,
+                                                                   self.hooks, self.device)
+                                      if resume else (0, 0, 0.0))
+        metrics_path = self.out / "metrics.jsonl"
+        if resume:
+            keep_epochs(metrics_path, start_epoch)  # a kill after a metrics write but before its checkpoint
+        else:
+            metrics_path.unlink(missing_ok=True)
+        self.metrics = MetricsWriter(metrics_path)
         total_steps = t.epochs * len(self.loader)
         total_steps = total_steps if t.max_steps is None else min(t.max_steps, total_steps)
         progress = Progress(t.progress, total_steps, self.label)
-        progress.step(step, float("nan"), 0.0)  # a resumed run's bar starts where it stopped
+        progress.step(step, None, 0.0)  # a resumed run's bar starts where it stopped
+        self._first_bad = torch.zeros((), dtype=torch.long, device=self.device)  # first non-finite step, 0 = none
+        self._last_good = start_epoch if resume and start_epoch else None
         if start_epoch == 0:
             for h in self.hooks:
                 h.on_fit_start(self)
@@ -282,17 +239,47 @@ class Trainer:
                 record, step, seconds = self._run_epoch(epoch, step, total_steps, progress)
                 elapsed += seconds
                 record["time/train_s"] = elapsed
+                self._check_finite(epoch)
                 if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs or step >= total_steps:
-                    record.update(evaluate(self.model, self.x_test, self.y_test, self.normalizer,
-                                           t.eval_batch_size, t.channels_last))
+                    record.update(self.evaluate())
+                    self._check_finite(epoch, record)
                 for h in self.hooks:
                     h.on_epoch_end(self, epoch, record)
                 self.metrics.write(record)
-                self._save_checkpoint(epoch, step, elapsed)
+                ckpt.save_training_state(self.ckpt_dir, epoch=epoch + 1, step=step, elapsed=elapsed,
+                                         model=self.model, model_spec=self.spec, optimizer=self.optimizer,
+                                         hooks=self.hooks)
+                self._last_good = epoch + 1
                 progress.epoch(epoch, t.epochs, record, step, record["train/images_per_s"])
         finally:
             progress.close()
+            self.metrics.close()
         return self._finish(record, step, elapsed)
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.model, self.x_test, self.y_test, self.normalizer, self.cfg.train.eval_batch_size,
+                        self.cfg.train.channels_last)
+
+    def _check_finite(self, epoch: int, record: dict[str, Any] | None = None) -> None:
+        """One host read per logging point: the first non-finite loss step, non-finite weights, eval losses."""
+        if record is None:
+            bad_step = int(self._first_bad)
+            params = [p.detach() for p in self.model.parameters()]
+            finite = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+            if bad_step:
+                what = f"the loss became NaN or infinite at step {bad_step} (epoch {epoch + 1})"
+            elif not finite:
+                what = f"the weights became NaN or infinite during epoch {epoch + 1}"
+            else:
+                return
+        else:
+            bad = [k for k, v in record.items() if k.startswith("eval/") and k.endswith("/loss") and not math.isfinite(v)]
+            if not bad:
+                return
+            what = f"the evaluation loss {bad[0]} became NaN or infinite after epoch {epoch + 1}"
+        good = (f"the last good checkpoint is {self.ckpt_dir / f'epoch{self._last_good:04d}.model.safetensors'} "
+                f"(epoch {self._last_good})" if self._last_good else "no checkpoint was written before it")
+        raise TrainingDiverged(f"{what}; {good}; train again with a lower optim.lr or with train.grad_clip")
 
     def _run_epoch(self, epoch: int, step: int, total_steps: int, progress: Progress) -> tuple[dict, int, float]:
         """One pass over the loader (stopping at total_steps); returns the epoch's record, the step, seconds."""
@@ -310,22 +297,23 @@ class Trainer:
                 break
             eta = set_learning_rates(self.optimizer, cfg.optim.lr,
                                      lr_factor(cfg.schedule, epoch + i / steps_per_epoch, t.epochs), cfg.schedule.min_lr)
-            loss, terms = self._train_step(x, y, step, epoch)
+            loss, terms = self._train_step(x, y, step)
             step, n_batches, seen = step + 1, n_batches + 1, seen + len(y)
-            for k, v in {**terms, "loss": loss}.items():
+            for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
-            for h in self.hooks:
+            sums["loss"] = sums.get("loss", 0.0) + loss.detach()
+            for h in self._after_step:
                 h.after_step(self, step)
             if progress.bar is not None:
-                progress.step(1, loss.item(), seen / max(time.perf_counter() - tic, 1e-9))
+                progress.step(1, loss, seen / max(time.perf_counter() - tic, 1e-9))
         seconds = time.perf_counter() - tic
         record = {"epoch": epoch + 1, "step": step, "lr": eta,
                   **{f"train/{k}": float(v) / max(n_batches, 1) for k, v in sums.items()},
                   "train/images_per_s": seen / max(seconds, 1e-9)}
         return record, step, seconds
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int, epoch: int) -> tuple[torch.Tensor, dict]:
-        """Forward, objectives, finite-loss check, backward, clip, optimizer step."""
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        """Forward, objectives, backward, before-step hooks, clip, optimizer step; no host sync."""
         t = self.cfg.train
         if t.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -335,32 +323,36 @@ class Trainer:
             batch = Batch(x, y)
             terms: dict[str, torch.Tensor] = {}
             for obj in self.objectives:
-                terms.update(obj(out, batch))
+                new = obj(out, batch)
+                if not terms.keys().isdisjoint(new):
+                    raise R18Error(f"two objectives log the same term {sorted(terms.keys() & new.keys())[0]!r}; "
+                                   "give one of them a distinct `tag`")
+                terms.update(new)
         loss = torch.stack([v.float() for v in terms.values()]).sum()
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); the last good "
-                f"checkpoint is kept in {self.ckpt_dir}; lower optim.lr or set train.grad_clip")
+        self._first_bad = torch.where((self._first_bad == 0) & ~torch.isfinite(loss), step + 1, self._first_bad)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for h in self._before_step:
+            h.before_step(self, step + 1)
         if t.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.optimizer.step()
         return loss, terms
 
     def _finish(self, record: dict[str, Any], step: int, elapsed: float) -> dict[str, Any]:
-        ckpt.save_model(self.model, self.out / "model.safetensors", self.spec)
         if not any(k.startswith("eval/") for k in record):
-            record = {**record, **evaluate(self.model, self.x_test, self.y_test, self.normalizer,
-                                           self.cfg.train.eval_batch_size)}
-        summary = {"status": "done", "steps": step, "train_seconds": elapsed, "num_train": self.num_train,
-                   "num_classes": self.num_classes, "device": str(self.device),
+            record = {**record, **self.evaluate()}
+            self._check_finite(max(self._last_good or 1, 1) - 1, record)
+        ckpt.save_model(self.model, self.out / "model.safetensors", self.spec, preprocessing=self.preprocessing,
+                        identity=self.identity)
+        summary = {"status": "done", "identity": self.identity, "steps": step, "train_seconds": elapsed,
+                   "num_train": self.num_train, "num_classes": self.num_classes, "device": str(self.device),
                    "params": sum(p.numel() for p in self.model.parameters()),
                    "final": {k: v for k, v in record.items() if k.startswith("eval/")}}
         ckpt.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
         return summary
 
 
-def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train one configuration; returns the summary (also written to out_dir/summary.json)."""
-    return Trainer(cfg, out_dir).fit(resume=resume)
+    return Trainer(cfg, out_dir).fit(resume=resume, overwrite=overwrite)

@@ -28,28 +28,40 @@ def open_store(path: str | Path | None = None) -> RunStore:
     return RunStore(p)
 
 
-def execute(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, run_id: str | None = None,
-            store: RunStore | None = None, protocol: str | None = None,
+def execute(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+            run_id: str | None = None, store: RunStore | None = None, protocol: str | None = None,
             tags: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train `cfg` into `out_dir`, recording start, finish or failure in the store."""
+    """Train `cfg` into `out_dir`, recording start, finish or failure in the store.
+
+    The folder is checked and locked first: a command refused there (a changed config on --resume, a finished
+    run without --overwrite, a folder in use) changes neither the folder nor the store."""
     out = Path(out_dir)
     run_id = run_id or str(out.resolve())
     trainer = Trainer(cfg, out, label=run_id if protocol else "")
-    trainer.prepare_output()
-    if store is not None:
-        store.start(run_id, config=config_dict(cfg), out_dir=out, protocol=protocol, tags=tags)
+    trainer.claim(resume=resume, overwrite=overwrite)
     try:
-        summary = trainer.fit(resume=resume)
-    except TrainingDiverged as e:
-        atomic_write_text(out / "summary.json", json.dumps({"status": "diverged", "message": str(e)}, indent=2))
+        if trainer.finished:
+            return trainer.fit(resume=True)  # already done: its summary, nothing rewritten
         if store is not None:
-            store.finish(run_id, {}, status="diverged", message=str(e))
-        raise
-    except (R18Error, KeyboardInterrupt, Exception) as e:
-        if store is not None:
-            store.finish(run_id, {}, status="failed", message=str(e) or type(e).__name__)
-        raise
+            store.start(run_id, config=config_dict(cfg), out_dir=out, protocol=protocol, tags=tags)
+        try:
+            summary = trainer.fit(resume=resume, overwrite=overwrite)
+        except TrainingDiverged as e:
+            atomic_write_text(out / "summary.json", json.dumps({"status": "diverged", "message": str(e)}, indent=2))
+            if store is not None:
+                store.finish(run_id, {}, status="diverged", message=str(e))
+            raise
+        except KeyboardInterrupt:
+            if store is not None:
+                store.finish(run_id, {}, status="failed", message="interrupted")
+            raise
+        except Exception as e:
+            if store is not None:
+                store.finish(run_id, {}, status="failed", message=str(e) or type(e).__name__)
+            raise
+    finally:
+        trainer.release()
     if store is not None:
         store.finish(run_id, {**summary["final"], "train_seconds": summary["train_seconds"],
-                              "steps": summary["steps"]})
+                              "steps": summary["steps"], "identity": summary["identity"]})
     return summary

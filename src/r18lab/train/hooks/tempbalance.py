@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..registry import HOOKS
-from .hooks import Hook
-from .optim import lr_factor
+from ...registry import HOOKS
+from ..optim import lr_factor
+from . import Hook
 
 
 def linear_lr_scales(alphas: torch.Tensor, low: float = 0.5, high: float = 1.5) -> torch.Tensor:
@@ -33,7 +33,7 @@ class TempBalance(Hook):
 
     def __init__(self, xmin: str = "median", s1: float = 0.5, s2: float = 1.5, min_evals: int = 50,
                  every: int = 1) -> None:
-        from ..errors import ConfigError
+        from ...errors import ConfigError
         if not 0 < s1 <= s2:
             raise ConfigError(f"tempbalance needs 0 < s1 ≤ s2, got s1={s1}, s2={s2}")
         if xmin not in ("median", "ks"):
@@ -49,7 +49,7 @@ class TempBalance(Hook):
         return [(f"peers.{i}.", p) for i, p in enumerate(peers)] if peers is not None else [("", model)]
 
     def _update(self, ctx, next_epoch: int) -> dict[str, Any]:
-        from ..analysis.spectrum import fit_power_law, layer_spectra
+        from ...analysis.spectrum import fit_power_law, layer_spectra
         self.alphas, self.scales = {}, {}
         for prefix, unit in self._units(ctx.model):
             spectra = layer_spectra(unit)

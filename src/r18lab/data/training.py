@@ -1,0 +1,82 @@
+"""A run's data, set up once: the labelled pool (a nested balanced pool or an explicit index list), the test
+split, normalisation statistics and augmentation, as device tensors and a seeded batch loader."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, R18Error
+from ..models.io import Preprocessing
+from .augment import Augment, channel_stats
+from .loader import BatchLoader, to_device_tensors
+from .loading import load
+from .splits import nested_pools, save_split
+
+
+@dataclass
+class TrainingData:
+    """Everything the engine needs from the data: the loader, test tensors, classes and the preprocessing
+    that travels with the weights."""
+
+    loader: BatchLoader
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    train_indices: np.ndarray
+    preprocessing: Preprocessing
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_indices)
+
+
+def training_indices(cfg, train_labels: np.ndarray, seed: int) -> np.ndarray:
+    """The labelled pool: `data.indices` (a file), else a nested pool of `data.labels`, else everything."""
+    n = len(train_labels)
+    if cfg.indices is not None:
+        if cfg.labels is not None:
+            raise ConfigError("data.indices and data.labels both choose the training pool; set only one")
+        from .indices import read_indices
+        return read_indices(Path(cfg.indices), n)
+    if cfg.labels is not None:
+        if cfg.labels > n:
+            raise ConfigError(f"data.labels={cfg.labels} exceeds the {n} training images")
+        split_seed = seed if cfg.split_seed is None else cfg.split_seed
+        return np.sort(nested_pools(train_labels, [cfg.labels], seed=split_seed, balanced=cfg.balanced)[0])
+    return np.arange(n)
+
+
+def prepare(cfg, out_dir: Path, device: torch.device) -> TrainingData:
+    """Load the train/test splits of `cfg.data`, choose the pool (saved to out_dir/splits.json), build the loader."""
+    d, t = cfg.data, cfg.train
+    opts = {**d.options, **({"image_size": d.image_size} if d.image_size else {})}
+    train = load(d.source, split=d.train_split, **opts)
+    test = load(d.source, split=d.test_split, **opts)
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise R18Error(f"train images {train.images.shape[1:]} and test images {test.images.shape[1:]} "
+                       "differ in shape; set data.image_size")
+    idx = training_indices(d, train.labels, cfg.seed)
+    save_split(out_dir / "splits.json", {"train": idx})
+    h, w, c = test.images.shape[1:]
+    if d.normalize == "dataset":
+        mean, std = channel_stats(train)
+        std = [max(float(s), 1e-6) for s in std]  # a constant channel: no division by zero
+        pre = Preprocessing.of(mean, std, (c, h, w), train.classes)
+    else:
+        pre = Preprocessing.identity((c, h, w), train.classes)
+    x_tr, y_tr = to_device_tensors(train.subset(idx), device)
+    x_test, y_test = to_device_tensors(test, device)
+    a = d.augment
+    crop = x_tr.shape[-1] if a.crop == "auto" else a.crop
+    augment = Augment(crop=crop, padding=a.padding, pad_mode=a.pad_mode, flip=a.flip, cutout=a.cutout,
+                      mean=list(pre.mean), std=list(pre.std))
+    loader = BatchLoader(x_tr, y_tr, batch_size=min(t.batch_size, len(y_tr)), shuffle=True,
+                         drop_last=t.drop_last, seed=cfg.seed, augment=augment)
+    return TrainingData(loader, x_test, y_test, list(train.classes), idx, pre)
