@@ -11,7 +11,11 @@ def count_params(module: nn.Module) -> int:
 
 
 def head_params(model: nn.Module) -> dict[str, int]:
-    """Parameters of each head: `main` is `fc`, the others are `heads.<name>`."""
+    """Parameters of each head: `main` is `fc`, the others are `heads.<name>`; a peer group's peer i>0 as
+    `peer{i}/<head>`."""
+    if isinstance(getattr(model, "peers", None), nn.ModuleList):
+        from ..models.classifier import peer_key
+        return {peer_key(i, h): n for i, peer in enumerate(model.peers) for h, n in head_params(peer).items()}
     out = {}
     if getattr(model, "fc", None) is not None:
         out["main"] = count_params(model.fc)

@@ -3,33 +3,50 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.utils import _pytree
 
 from ..errors import ConfigError
-from ..registry import BACKBONES, HEADS
+from ..registry import BACKBONES, HEADS, TRANSFORMS
 from . import heads as _heads  # noqa: F401  (registers the heads)
 from . import resnet as _resnet  # noqa: F401  (registers the backbones)
+from . import transforms as _transforms  # noqa: F401  (registers the model transforms)
 from .heads import gradient_gate
 
-BACKBONE_OPTIONS = ("in_channels", "residual")
+BACKBONE_OPTIONS = ("in_channels",)
+LEGACY_OPTIONS = ("residual",)  # residual: false is transforms=[no_residual]
 
 
 @dataclass
 class ModelOutput:
-    """What every model returns: logits per head name, pooled features, stage maps when asked for."""
+    """What every model returns: `logits` per key (`<head>`, and `<head>.<sub>` for a head's sub-heads), pooled
+    `features`, `stages` maps when a head asks for them, `aux` head outputs per `<head>.<name>`.
+
+    A registered pytree, so torch.func (grad with has_aux, jvp, vmap) returns it like a tensor.
+    """
 
     logits: dict[str, torch.Tensor]
     features: torch.Tensor
     stages: list[torch.Tensor] = field(default_factory=list)
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+_pytree.register_dataclass(ModelOutput)
+
+
+def sub_key(head: str, name: str) -> str:
+    """Key of a head's sub-head logits or aux output: `<head>.<name>` (no "/", which marks peers)."""
+    return f"{head}.{name}"
 
 
 class Classifier(nn.Module):
     """Backbone modules at the top level (torchvision names), `fc` = main head, extra heads in `heads`."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, extra_heads: dict[str, nn.Module],
-                 gate: float, with_main: bool = True) -> None:
+                 gate: float, with_main: bool = True, transforms: Sequence[Any] = ()) -> None:
         super().__init__()
         for name, module in backbone.named_children():
             self.add_module(name, module)
@@ -37,12 +54,33 @@ class Classifier(nn.Module):
         self.num_features = backbone.num_features
         self.num_classes = num_classes
         self.gate = float(gate)
+        self.transforms = list(transforms)  # the transforms applied to the backbone, as entries
         self.fc = nn.Linear(backbone.num_features, num_classes) if with_main else None
         self.heads = nn.ModuleDict(extra_heads)
+        for name, head in self.heads.items():
+            for kind in ("sub_heads", "aux_outputs"):
+                names = list(getattr(head, kind, ()))
+                if len(set(names)) != len(names) or any(not n or "/" in n for n in names):
+                    raise ValueError(f"head {name!r} declares {kind} {names}: "
+                                     "they must be distinct, non-empty, without '/'")
+        if len(set(self.logit_names)) != len(self.logit_names):
+            raise ValueError(f"logit keys collide: {self.logit_names}")
 
     @property
     def head_names(self) -> list[str]:
+        """The top-level heads (what `heads: all` in an objective means)."""
         return (["main"] if self.fc is not None else []) + list(self.heads)
+
+    @property
+    def logit_names(self) -> list[str]:
+        """Every key of `ModelOutput.logits`, in order: each head, then its sub-heads as `<head>.<sub>`."""
+        subs = {h: [sub_key(h, s) for s in getattr(head, "sub_heads", ())] for h, head in self.heads.items()}
+        return [k for h in self.head_names for k in [h, *subs.get(h, [])]]
+
+    @property
+    def aux_names(self) -> list[str]:
+        """Every key of `ModelOutput.aux`: `<head>.<name>`."""
+        return [sub_key(h, a) for h, head in self.heads.items() for a in getattr(head, "aux_outputs", ())]
 
     def __deepcopy__(self, memo):  # keep `_backbone` sharing the copied children
         import copy
@@ -57,35 +95,64 @@ class Classifier(nn.Module):
         needs_stages = any(getattr(h, "needs_stages", False) for h in self.heads.values())
         features, stages = self._backbone.forward_features(x, stages=needs_stages)
         logits: dict[str, torch.Tensor] = {}
+        aux: dict[str, torch.Tensor] = {}
         if self.fc is not None:
             logits["main"] = self.fc(gradient_gate(features, self.gate))
         for name, head in self.heads.items():
-            logits[name] = head(features, stages)
-        return ModelOutput(logits, features, stages)
+            _collect(name, head, head(features, stages), logits, aux)
+        return ModelOutput(logits, features, stages, aux)
+
+
+def _collect(name: str, head: nn.Module, result: Any, logits: dict, aux: dict) -> None:
+    """File one head's result: a tensor is its logits; a mapping gives `logits`, `sub` and `aux` as declared."""
+    if isinstance(result, torch.Tensor):
+        result = {"logits": result}
+    unknown = set(result) - {"logits", "sub", "aux"}
+    if unknown or "logits" not in result:
+        raise ValueError(f"head {name!r} returned keys {sorted(result)}; a head returns logits or "
+                         "{'logits': ..., 'sub': {...}, 'aux': {...}}")
+    logits[name] = result["logits"]
+    for kind, declared, target in (("sub", getattr(head, "sub_heads", ()), logits),
+                                   ("aux", getattr(head, "aux_outputs", ()), aux)):
+        got = result.get(kind, {})
+        if set(got) != set(declared):
+            raise ValueError(f"head {name!r} returned {kind} {sorted(got)} but declares {list(declared)}")
+        for k in declared:
+            target[sub_key(name, k)] = got[k]
 
 
 class PeerGroup(nn.Module):
-    """N independently initialised classifiers trained together (DML, KDCL); peer 0 keeps its head names,
-    peer i>0 reports `peer{i}/<head>`."""
+    """N independently initialised classifiers trained together (DML, KDCL); peer 0 keeps its keys,
+    peer i>0 reports `peer{i}/<key>` for logits (heads and sub-heads) and aux outputs alike."""
 
     def __init__(self, peers: list[Classifier]) -> None:
         super().__init__()
         self.peers = nn.ModuleList(peers)
         self.num_classes = peers[0].num_classes
+        self.transforms = peers[0].transforms
 
     @property
     def head_names(self) -> list[str]:
         return [peer_key(i, h) for i, p in enumerate(self.peers) for h in p.head_names]
 
+    @property
+    def logit_names(self) -> list[str]:
+        return [peer_key(i, k) for i, p in enumerate(self.peers) for k in p.logit_names]
+
+    @property
+    def aux_names(self) -> list[str]:
+        return [peer_key(i, k) for i, p in enumerate(self.peers) for k in p.aux_names]
+
     def forward(self, x: torch.Tensor) -> ModelOutput:
         logits: dict[str, torch.Tensor] = {}
+        aux: dict[str, torch.Tensor] = {}
         first = None
         for i, peer in enumerate(self.peers):
             out = peer(x)
             first = out if first is None else first
-            for h, v in out.logits.items():
-                logits[peer_key(i, h)] = v
-        return ModelOutput(logits, first.features, first.stages)
+            logits.update({peer_key(i, k): v for k, v in out.logits.items()})
+            aux.update({peer_key(i, k): v for k, v in out.aux.items()})
+        return ModelOutput(logits, first.features, first.stages, aux)
 
 
 def peer_key(index: int, head: str) -> str:
@@ -93,54 +160,107 @@ def peer_key(index: int, head: str) -> str:
     return head if index == 0 else f"peer{index}/{head}"
 
 
-def _head_options(head: str, options: dict) -> dict:
-    prefix = head + "_"
-    return {k[len(prefix):]: v for k, v in options.items() if k.startswith(prefix)}
+# -- entries and options -----------------------------------------------------------------------------------
+def split_entry(entry: Any, kind: str) -> tuple[str, dict[str, Any]]:
+    """A list entry written as "name" or {name: ..., <option>: value}."""
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
+        params = dict(entry)
+        return params.pop("name"), params
+    raise ConfigError(f"a {kind} entry is a name or {{name: ..., <option>: value}}, got {entry!r}")
 
 
-def _check_options(extra: list[str], options: dict) -> None:
-    for key in options:
-        if key in BACKBONE_OPTIONS:
+def _entries(items: Any, kind: str) -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(items, (str, Mapping)) or not isinstance(items, Sequence):
+        raise ConfigError(f"{kind}s must be a list, got {items!r}")
+    return [split_entry(e, kind) for e in items]
+
+
+def _check_params(kind: str, name: str, factory: Any, params: dict, fixed: int) -> None:
+    """One line for an option `factory` (after its `fixed` leading arguments) does not take."""
+    sig = inspect.signature(factory).parameters.values()
+    valid = [p.name for p in list(sig)[fixed:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    for key in params:
+        if key not in valid:
+            raise ConfigError(f"unknown option {key!r} for {kind} {name!r}; valid: {', '.join(valid) or 'none'}")
+
+
+def option_owner(key: str) -> str | None:
+    """The head a flat option `<head>_<option>` belongs to: the longest registered head name followed by "_"."""
+    return max((h for h in HEADS.names() if key.startswith(h + "_")), key=len, default=None)
+
+
+def resolve_heads(heads: Any, options: dict[str, Any], stem: str) -> dict[str, dict[str, Any]]:
+    """Head name -> its options, from entries (name or {name, **options}) and flat `<head>_<option>` keys."""
+    entries = _entries(heads, "head")
+    names = [n for n, _ in entries]
+    if len(set(names)) != len(names) or not names:
+        raise ConfigError(f"heads must be a non-empty list of distinct names, got {names}")
+    for n in names:
+        HEADS.get(n)
+    opts = {n: dict(p) for n, p in entries}
+    for key, value in options.items():
+        if key in BACKBONE_OPTIONS + LEGACY_OPTIONS:
             continue
-        owner = key.split("_", 1)[0]
-        if owner not in extra:
-            raise ConfigError(f"unknown model option {key!r}; options are {', '.join(BACKBONE_OPTIONS)} "
-                              f"or <head>_<option> for a head in heads={extra or '[main]'}")
-        sig = inspect.signature(HEADS.get(owner).__init__)
+        owner = option_owner(key)
+        if owner is None:
+            raise ConfigError(f"unknown model option {key!r}; options are "
+                              f"{', '.join(BACKBONE_OPTIONS + LEGACY_OPTIONS)} or <head>_<option> for a head in "
+                              f"heads={names}")
+        if owner not in opts:
+            raise ConfigError(f"unknown model option {key!r}: head {owner!r} is not in heads={names}; "
+                              "add the head or drop the option")
         opt = key[len(owner) + 1:]
-        if opt not in sig.parameters or opt in ("self", "num_features", "num_classes"):
-            valid = [p for p in sig.parameters if p not in ("self", "num_features", "num_classes", "_")]
-            raise ConfigError(f"unknown option {opt!r} for head {owner!r}; valid: {', '.join(valid) or 'none'}")
+        if opt in opts[owner]:
+            raise ConfigError(f"option {opt!r} of head {owner!r} is given twice ({key} and in its heads entry); "
+                              "keep one")
+        opts[owner][opt] = value
+    for n, p in opts.items():
+        factory = HEADS.get(n)
+        _check_params("head", n, factory, p, 2)
+        opts[n] = {**getattr(factory, "stem_defaults", {}).get(stem, {}), **p}
+    return opts
+
+
+def resolve_transforms(transforms: Any, options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, params) of each model transform in order; the legacy option `residual: false` is `no_residual`."""
+    steps = _entries(transforms, "transform")
+    residual = options.get("residual", True)
+    if not isinstance(residual, bool):
+        raise ConfigError(f"model option residual must be true or false, got {residual!r}")
+    if not residual and "no_residual" not in [n for n, _ in steps]:
+        steps.insert(0, ("no_residual", {}))
+    for n, p in steps:
+        _check_params("model transform", n, TRANSFORMS.get(n), p, 1)
+    return steps
 
 
 def create_model(name: str, *, num_classes: int, stem: str = "cifar", width: float = 1.0,
-                 heads: tuple[str, ...] | list[str] = ("main",), gate: float | None = None,
-                 peers: int = 1, **options) -> nn.Module:
-    """Build a classifier: backbone `name` + named heads (`main` = linear `fc`), optional peer group."""
+                 heads: Sequence[str | dict] = ("main",), gate: float | None = None, peers: int = 1,
+                 transforms: Sequence[str | dict] = (), **options) -> nn.Module:
+    """Build a classifier: backbone `name`, rewritten by `transforms` in order, plus named heads (`main` =
+    linear `fc`; an entry is a name or {name, **options}), optionally as a peer group."""
     if num_classes < 1:
         raise ConfigError(f"num_classes must be ≥ 1, got {num_classes}")
     if width <= 0:
         raise ConfigError(f"width must be > 0, got {width}")
     if peers < 1:
         raise ConfigError(f"peers must be ≥ 1, got {peers}")
-    heads = list(heads)
-    if len(set(heads)) != len(heads) or not heads:
-        raise ConfigError(f"heads must be a non-empty list of distinct names, got {heads}")
-    extra = [h for h in heads if h != "main"]
-    for h in extra:
-        HEADS.get(h)
-    _check_options(extra, options)
-    if stem == "imagenet" and "fr" in extra:
-        options.setdefault("fr_dim", 256)  # paper 000, appendix A: f = 256 for ImageNet-size inputs
+    head_opts = resolve_heads(heads, options, stem)
+    steps = resolve_transforms(transforms, options)
+    extra = [h for h in head_opts if h != "main"]
     backbone_kw = {k: v for k, v in options.items() if k in BACKBONE_OPTIONS}
     if gate is None:
-        gate = 0.0 if any(HEADS.get(h).gates_main for h in extra) else 1.0
+        gate = 0.0 if any(getattr(HEADS.get(h), "gates_main", False) for h in extra) else 1.0
+    applied = [n if not p else {"name": n, **p} for n, p in steps]
 
     def one() -> Classifier:
         backbone = BACKBONES.get(name)(stem=stem, width=width, **backbone_kw)
-        built = {h: HEADS.get(h)(backbone.num_features, num_classes, **_head_options(h, options))
-                 for h in extra}
-        return Classifier(backbone, num_classes, built, gate, with_main="main" in heads)
+        for t, params in steps:
+            backbone = TRANSFORMS.get(t)(backbone, **params)
+        built = {h: HEADS.get(h)(backbone.num_features, num_classes, **head_opts[h]) for h in extra}
+        return Classifier(backbone, num_classes, built, gate, with_main="main" in head_opts, transforms=applied)
 
     return one() if peers == 1 else PeerGroup([one() for _ in range(peers)])
 

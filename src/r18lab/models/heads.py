@@ -1,6 +1,8 @@
 """Classification heads on the pooled backbone feature; each is looked up by name in HEADS."""
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 from torch import nn
 
@@ -8,30 +10,41 @@ from ..registry import HEADS
 
 
 class Head(nn.Module):
-    """A head maps (pooled features, stage maps) to logits; `needs_stages` asks for the stage maps."""
+    """A head maps (pooled features, stage maps) to logits, or to a mapping {"logits": T, "sub": {name: T},
+    "aux": {name: T}} whose `sub` names are `sub_heads` and `aux` names are `aux_outputs` (declared, in order).
+
+    The classifier reports sub-logits as `<head>.<sub>` beside the head's own logits and aux outputs as
+    `<head>.<aux>` in `ModelOutput.aux`; `needs_stages` asks for the stage maps.
+    """
 
     needs_stages = False
     #: True when this head teaches the `main` head through the gradient gate (paper 000, sec. 2.1).
     gates_main = False
+    #: names of the per-sub-head logits the head returns under "sub" (e.g. one per Gramian head).
+    sub_heads: tuple[str, ...] = ()
+    #: names of the auxiliary tensors the head returns under "aux" (e.g. a predicted loss).
+    aux_outputs: tuple[str, ...] = ()
+    #: option defaults per backbone stem, applied before the user's options.
+    stem_defaults: dict[str, dict] = {}
 
-    def forward(self, features: torch.Tensor, stages: list[torch.Tensor]) -> torch.Tensor:  # pragma: no cover
+    def forward(self, features: torch.Tensor, stages: list[torch.Tensor]
+                ) -> torch.Tensor | Mapping[str, object]:  # pragma: no cover
         raise NotImplementedError
 
 
-class _GradientGate(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:
-        ctx.factor = factor
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad * ctx.factor, None
-
-
 def gradient_gate(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """Identity forward; backward multiplies the gradient by `factor` (0 blocks it; paper 000, sec. 2.1)."""
-    return x if factor == 1.0 else _GradientGate.apply(x, factor)
+    """Identity forward; backward multiplies the gradient by `factor` (0 blocks it; paper 000, sec. 2.1).
+
+    x̄ − |f|·(x̄ − x) (f > 0) or x̄ − |f|·(x − x̄) (f < 0), x̄ = stop_grad(x): the subtrahend is +0, so the value
+    is x̄ bit for bit (−0 included) and d/dx = f exactly; a plain tensor expression, so torch.func
+    (grad, jvp, vmap) sees through it.
+    """
+    if factor == 1.0:
+        return x
+    if factor == 0.0:
+        return x.detach()
+    frozen = x.detach()
+    return frozen - abs(factor) * ((frozen - x) if factor > 0 else (x - frozen))
 
 
 @HEADS.register("main")
@@ -55,6 +68,7 @@ class FeatureRefiner(Head):
     """
 
     gates_main = True
+    stem_defaults = {"imagenet": {"dim": 256}}  # paper 000, appendix A: f = 256 for ImageNet-size inputs
 
     def __init__(self, num_features: int, num_classes: int, *, dim: int = 64, depth: int = 1,
                  layernorm: bool = True, activation: bool = True, **_: object) -> None:

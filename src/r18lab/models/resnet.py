@@ -11,35 +11,47 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+    """A block y = relu(F(x) + s(x)), s = identity or a 1×1 projection (`downsample`); `residual=False` drops s."""
+
+    residual = True
+
+    def remove_shortcut(self) -> None:
+        """y = relu(F(x)): identity and projection shortcut gone, the projection's parameters with it."""
+        self.residual = False
+        self.downsample = None
+
+    def _join(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
+
+
+class BasicBlock(ResidualBlock):
     """Two 3×3 convs with an identity (or 1×1 projection) shortcut; torchvision names."""
 
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, residual: bool = True) -> None:
+    def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = _conv3x3(cin, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = _projection(cin, planes, stride) if residual and (stride != 1 or cin != planes) else None
-        self.residual = residual
+        self.downsample = _projection(cin, planes, stride) if stride != 1 or cin != planes else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
+        return self._join(self.bn2(self.conv2(out)), x)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """1×1 → 3×3 → 1×1 convs, stride on the 3×3 (torchvision 'ResNet v1.5'), expansion 4."""
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, residual: bool = True) -> None:
+    def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         out = planes * self.expansion
         self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
@@ -49,16 +61,12 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _projection(cin, out, stride) if residual and (stride != 1 or cin != out) else None
-        self.residual = residual
+        self.downsample = _projection(cin, out, stride) if stride != 1 or cin != out else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
+        return self._join(self.bn3(self.conv3(out)), x)
 
 
 def _projection(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -69,7 +77,7 @@ class ResNet(nn.Module):
     """Backbone only: stem, four stages, global average pool. `forward_features` → (pooled, stage maps)."""
 
     def __init__(self, block: type, layers: list[int], *, stem: str = "cifar", width: float = 1.0,
-                 in_channels: int = 3, residual: bool = True) -> None:
+                 in_channels: int = 3) -> None:
         super().__init__()
         if stem not in ("cifar", "imagenet"):
             from ..errors import ConfigError
@@ -88,7 +96,7 @@ class ResNet(nn.Module):
         for i, (p, n) in enumerate(zip(planes, layers)):
             blocks = []
             for j in range(n):
-                blocks.append(block(cin, p, stride=(1 if i == 0 or j > 0 else 2), residual=residual))
+                blocks.append(block(cin, p, stride=(1 if i == 0 or j > 0 else 2)))
                 cin = p * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)

@@ -50,6 +50,9 @@ class ObjectiveContext:
     load_checkpoint: Callable[[str], "LoadedModel"] | None = None
     preprocessing: "Preprocessing | None" = None
     extras: dict[str, Any] = field(default_factory=dict)
+    #: every key of the model output's logits (top-level heads, sub-heads `ga.0`, peers `peer1/main`) and aux
+    logit_names: list[str] = field(default_factory=list)
+    aux_names: list[str] = field(default_factory=list)
 
     def load(self, path: str) -> "LoadedModel":
         """`load_checkpoint(path)`, or the library's loader onto `device` when the context has none."""

@@ -153,7 +153,9 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         ctx = ObjectiveContext(self.model.head_names, self.num_classes, self.device, self.cfg.train.label_smoothing,
                                load_checkpoint=lambda path: load_checkpoint(path, self.device),
-                               preprocessing=self.preprocessing)
+                               preprocessing=self.preprocessing,
+                               logit_names=list(getattr(self.model, "logit_names", self.model.head_names)),
+                               aux_names=list(getattr(self.model, "aux_names", [])))
         self.objectives = build_objectives(specs(self.cfg.objective, "objective"), ctx)
         self.hooks = [build_hook(n, p) for n, p in specs(self.cfg.hooks, "hook")]
         self._before_step = [h for h in self.hooks if overrides(h, "before_step")]
