@@ -1,6 +1,6 @@
 """Layer power-law α of a briefly trained ResNet-18: r18lab.analysis.spectrum (xmin="ks") against WeightWatcher.
 
-Run: OMP_NUM_THREADS=1 python benchmarks/bench_spectrum.py [--checkpoint PATH.safetensors] [--steps 30]
+Run: OMP_NUM_THREADS=1 python benchmarks/bench_spectrum.py [--checkpoint PATH.safetensors] [--steps 30] [--data PATH]
 
 Without --checkpoint (or when that file does not exist yet) a full-width CIFAR-stem ResNet-18 is trained on
 CIFAR-10 with SGD (lr 0.05, momentum 0.9, weight decay 5e-4, batch 64, random flips) for --steps steps, so that
@@ -37,7 +37,9 @@ from torch import nn
 import r18lab
 from r18lab.analysis.spectrum import EVALS_THRESH, analyze, fit_power_law, layer_spectra
 
-CIFAR = "/work/shared/data/cifar10-jpeg.tar.gz"
+REPO = Path(__file__).resolve().parents[1]
+CIFAR = REPO / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
+"""Default training data: ../shared/data/cifar10-jpeg.tar.gz relative to the repository root (override with --data)."""
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 WW_OPTIONS = dict(randomize=False, mp_fit=False, vectors=False, plot=False, deltas=False, detX=False,
@@ -115,7 +117,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", default=CIFAR)
+    p.add_argument("--data", type=Path, default=CIFAR,
+                   help="CIFAR-10 archive or folder to train on (default: ../shared/data/cifar10-jpeg.tar.gz "
+                        "relative to the repository root)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path, help="also write the figures here")
@@ -131,6 +135,9 @@ def main() -> None:
         print(f"weights: {ckpt} (reused)")
         load_weights(model, ckpt)
     else:
+        if not args.data.exists():
+            raise SystemExit(f"error: training data {args.data.resolve()} does not exist; pass --data PATH "
+                             "(a CIFAR-10 archive or folder) or --checkpoint of trained weights")
         print(f"training ResNet-18 for {args.steps} steps of batch {args.batch} ...")
         train(model, args.data, args.steps, args.batch, args.seed, device)
         save_weights(model, ckpt)

@@ -10,8 +10,6 @@ import pytest
 from r18lab.data import load
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
-if not ARCHIVE.exists():
-    ARCHIVE = Path("/work/shared/data/cifar10-jpeg.tar.gz")
 
 
 @pytest.mark.slow

@@ -362,3 +362,29 @@ def test_threads_and_determinism_are_restored_after_a_run(tmp_path):
              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
              os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
     assert after == before
+
+
+# -- 6. store rows of killed runs do not stay `running` ------------------------------------------------------
+def test_rows_of_killed_or_interrupted_runs_show_as_interrupted_and_a_rerun_takes_them_over(tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+    store = open_store()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store.start("killed", config={}, out_dir=tmp_path / "k")
+    with store._write() as conn:  # the row a `kill -9`ed trainer leaves: running, its pid gone
+        conn.execute("UPDATE runs SET pid = ? WHERE run_id = 'killed'", (dead.pid,))
+    store.start("alive", config={}, out_dir=tmp_path / "a")  # this process: still running
+    assert store.get("killed")["status"] == "interrupted" and store.get("alive")["status"] == "running"
+    assert [r["run_id"] for r in store.list(status="interrupted")] == ["killed"]
+    out = tmp_path / "run"
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        _interrupt_checkpoint(m, at_epoch=2)
+        execute(load_config(None, tiny("train.epochs=2")), out, store=store)
+    row = store.get(str(out.resolve()))
+    assert row["status"] == "interrupted"
+    assert main(["runs", "list"]) == 0
+    assert any(ln.startswith("interrupted") and ln.endswith(str(out.resolve()))
+               for ln in capsys.readouterr().out.splitlines())
+    execute(load_config(None, tiny("train.epochs=2")), out, resume=True, store=store)
+    assert store.get(str(out.resolve()))["status"] == "done"

@@ -34,7 +34,11 @@ def cmd_train(a: argparse.Namespace) -> int:
         a.overrides, a.config = [a.config, *a.overrides], None  # no file: only key=value overrides
     cfg = load_config(a.config, a.overrides, a.scale)
     out = Path(a.out) if a.out else Path("runs") / (Path(a.config).stem if a.config else "default")
+    from .train.rundir import inspect
+    finished = a.resume and not a.overwrite and inspect(out).status == "done"
     summary = execute(cfg, out, resume=a.resume, overwrite=a.overwrite, store=open_store(a.store))
+    if finished:
+        print(f"{out} holds this run finished; nothing trained")
     _print_result_table(summary)
     from .results.report import report_run
     print(report_run(out))
@@ -222,8 +226,24 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return run_bench(a)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`error: ...; see r18lab CMD --help`, exit 2) instead of usage + error."""
+
+    def error(self, message: str):
+        print(f"error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (argparse turns the ValueError into one usage line, exit 2)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="r18lab", description=__doc__)
+    p = _Parser(prog="r18lab", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -241,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("data")
     e.add_argument("options", nargs="*", help="source options, e.g. image_size=32 (as data.options in training)")
     e.add_argument("--split", default="test")
-    e.add_argument("--batch-size", type=int, default=512)
+    e.add_argument("--batch-size", type=_positive_int, default=512)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true")
     e.add_argument("--normalize", choices=["stored", "dataset"], default="stored",

@@ -43,7 +43,7 @@ def source_identity(path: Path, options: dict[str, Any]) -> dict[str, Any]:
     """What a cached decode of path depends on: location, size, mtime, file count, options, format."""
     path = path.resolve()
     if path.is_dir():
-        stats = [os.stat(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files]
+        stats = [_stat(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files]
     else:
         stats = [path.stat()]
     return {
@@ -54,6 +54,14 @@ def source_identity(path: Path, options: dict[str, Any]) -> dict[str, Any]:
         "options": {k: options[k] for k in sorted(options)},
         "format": CACHE_FORMAT,
     }
+
+
+def _stat(path: str) -> os.stat_result:
+    """stat of a file, or of the link itself when it is a dangling symlink (reading it reports the problem)."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return os.lstat(path)
 
 
 def entry_dir(identity: dict[str, Any]) -> Path:

@@ -24,8 +24,10 @@ from typing import Any, TypeVar
 from ..errors import ConfigError, DataError, R18Error
 from .jsonutil import canonical, dumps
 
-STATUSES = ("running", "done", "failed", "diverged")
+STATUSES = ("running", "done", "failed", "diverged", "interrupted")
 FINAL_STATUSES = ("done", "failed", "diverged")
+#: the message `finish(..., status="failed")` records for a run stopped by Ctrl-C
+INTERRUPTED_MESSAGE = "interrupted"
 
 BUSY_TIMEOUT_MS = 30_000
 RETRY_DEADLINE_S = 120.0
@@ -118,9 +120,9 @@ class RunStore:
         while True:
             try:
                 return fn()
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
+            except sqlite3.DatabaseError as exc:
+                if not (isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)):
+                    raise _store_error(self.path, exc) from None
                 if time.monotonic() >= deadline:
                     raise R18Error(
                         f"run store {self.path} stayed locked for {RETRY_DEADLINE_S:.0f} s; "
@@ -227,9 +229,9 @@ class RunStore:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise ConfigError(f"limit must be a non-negative integer or None, got {limit!r}")
         where, params = [], []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
+        if status is not None:  # `interrupted` is derived (see _effective_status): filter after reading
+            where.append("status = ?" if status != "interrupted" else "status IN ('running', 'failed')")
+            params += [status] if status != "interrupted" else []
         if protocol is not None:
             where.append("protocol = ?")
             params.append(protocol)
@@ -237,7 +239,7 @@ class RunStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, rowid DESC"
-        if limit is not None:
+        if limit is not None and status != "interrupted":
             sql += " LIMIT ?"
             params.append(limit)
 
@@ -245,7 +247,10 @@ class RunStore:
             with self._connect() as conn:
                 return conn.execute(sql, params).fetchall()
 
-        return [_decode(r) for r in self._retry(op)]
+        rows = [_decode(r) for r in self._retry(op)]
+        if status == "interrupted":
+            rows = [r for r in rows if r["status"] == "interrupted"][:limit]
+        return rows
 
     def done(self, run_id: str) -> bool:
         """True if `run_id` finished with status 'done'."""
@@ -256,6 +261,23 @@ class RunStore:
 
         row = self._retry(op)
         return row is not None and row["status"] == "done"
+
+
+def _store_error(path: Path, exc: sqlite3.DatabaseError) -> R18Error:
+    """One line for a store SQLite cannot use: corrupt, read-only, unopenable or on a full disk."""
+    msg = str(exc)
+    low = msg.lower()
+    if "readonly" in low or "read-only" in low:
+        return DataError(f"run store {path} is read-only ({msg}); make it writable, or pass --store "
+                         "(or set R18LAB_STORE) to a writable file")
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return DataError(f"run store {path} is corrupt or not an r18lab store ({msg}); move it aside to start "
+                         "a new one, or pass --store (or set R18LAB_STORE) to another file")
+    if "full" in low:
+        return DataError(f"run store {path} cannot grow: the disk is full ({msg}); free disk space "
+                         "(the runs already recorded are unchanged)")
+    return DataError(f"run store {path} cannot be used ({msg}); check the file and its folder, or pass --store "
+                     "(or set R18LAB_STORE) to another file")
 
 
 def _tags_json(tags: Sequence[str] | Mapping[str, Any] | None) -> str:
@@ -276,4 +298,20 @@ def _decode(row: sqlite3.Row) -> dict[str, Any]:
     out["tags"] = json.loads(out.pop("tags_json"))
     metrics_json = out.pop("metrics_json")
     out["metrics"] = None if metrics_json is None else json.loads(metrics_json)
+    out["status"] = _effective_status(out)
     return out
+
+
+def _effective_status(row: dict[str, Any]) -> str:
+    """`interrupted` for a run stopped by Ctrl-C, or still `running` although its process on this host is gone
+    (killed); a re-run takes such a row over. Rows of other hosts keep `running` (their processes are not visible)."""
+    if row["status"] == "failed" and row.get("message") == INTERRUPTED_MESSAGE:
+        return "interrupted"
+    if row["status"] == "running" and row.get("host") == socket.gethostname() and row.get("pid"):
+        try:
+            os.kill(int(row["pid"]), 0)
+        except ProcessLookupError:
+            return "interrupted"
+        except (PermissionError, OverflowError, ValueError):
+            pass
+    return row["status"]

@@ -138,6 +138,11 @@ def restore_training_state(folder: Path, model: nn.Module, optimizer: torch.opti
         load_weights(model, folder / f"{tag}.model.safetensors")
         tensors, _ = read_tensors(folder / f"{tag}.state.safetensors")
         opt = {k[len("optim."):]: v.to(device) for k, v in tensors.items() if k.startswith("optim.")}
+        params = [q for g in optimizer.param_groups for q in g["params"]]
+        for key, v in opt.items():
+            idx = int(key.split(".", 1)[0])
+            if idx >= len(params) or (v.ndim > 0 and v.shape != params[idx].shape):
+                raise ValueError(f"optimizer state {key} has shape {tuple(v.shape)}, which fits no parameter")
         restore_optimizer(optimizer, opt, state["optimizer"])
         restore_rng({k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")})
         saved_hooks = state["hooks"]

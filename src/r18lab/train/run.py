@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import RunConfig, config_dict
 from ..errors import R18Error, TrainingDiverged
-from ..results.store import RunStore
+from ..results.store import INTERRUPTED_MESSAGE, RunStore
 from .checkpoint import atomic_write_text
 from .engine import Trainer
 
@@ -53,7 +53,7 @@ def execute(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, overwr
             raise
         except KeyboardInterrupt:
             if store is not None:
-                store.finish(run_id, {}, status="failed", message="interrupted")
+                store.finish(run_id, {}, status="failed", message=INTERRUPTED_MESSAGE)
             raise
         except Exception as e:
             if store is not None:
