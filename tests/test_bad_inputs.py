@@ -252,7 +252,7 @@ def test_export_write_failure_keeps_the_earlier_file(tmp_path, monkeypatch, caps
 
     with monkeypatch.context() as m:
         m.setattr(os, "replace", denied)
-        assert_one_line_error(*run_main(["export", w, "--out", out], capsys), "permission")
+        assert_one_line_error(*run_main(["export", w, "--out", out, "--overwrite"], capsys), "permission")
     assert out.read_bytes() == b"earlier export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.safetensors", "w.safetensors"]  # no temp file left
 

@@ -388,3 +388,16 @@ def test_rows_of_killed_or_interrupted_runs_show_as_interrupted_and_a_rerun_take
                for ln in capsys.readouterr().out.splitlines())
     execute(load_config(None, tiny("train.epochs=2")), out, resume=True, store=store)
     assert store.get(str(out.resolve()))["status"] == "done"
+
+
+def test_export_keeps_head_entry_options_and_never_overwrites_silently(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(load_config(None, tiny("model.heads=[main, {name: fr, dim: 16, depth: 0}]")), out)
+    target = tmp_path / "fr.safetensors"
+    assert main(["export", str(out / "model.safetensors"), "--keep", "main,fr", "--out", str(target)]) == 0
+    loaded = load_checkpoint(target)  # rebuilds: the kept entry's options (dim 16, depth 0) travelled along
+    assert loaded.spec["heads"] == ["main", {"name": "fr", "dim": 16, "depth": 0}]
+    before = target.read_bytes()
+    capsys.readouterr()
+    assert main(["export", str(out / "model.safetensors"), "--keep", "main", "--out", str(target)]) == 1
+    assert "--overwrite" in one_error_line(capsys.readouterr().err) and target.read_bytes() == before

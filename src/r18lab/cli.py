@@ -104,30 +104,33 @@ def cmd_predict(a: argparse.Namespace) -> int:
 @command("export")
 def cmd_export(a: argparse.Namespace) -> int:
     from .models import export_state
-    from .train.checkpoint import save_model
+    from .models.classifier import split_entry
+    from .models.io import load_checkpoint, save_model
     from .registry import HEADS
-    from .train.checkpoint import model_spec_of
-    from .train.engine import load_model
 
     keep = [h.strip() for h in a.keep.split(",") if h.strip()]
     if not keep:
         raise ConfigError(f"--keep {a.keep!r} names no head; list the heads to keep, e.g. --keep main")
-    model = load_model(a.weights)
+    out = Path(a.out)
+    if out.exists() and not a.overwrite:
+        raise R18Error(f"{out} exists; choose another --out, or pass --overwrite to replace it")
+    loaded = load_checkpoint(a.weights)
+    model = loaded.model
     have = list((model.peers[0] if hasattr(model, "peers") else model).head_names)  # a peer group exports peer 0
     unknown = [h for h in keep if h not in have]
     if unknown:
         raise ConfigError(f"{a.weights} has no head {unknown[0]!r}; keep some of its heads: --keep {','.join(have)}")
     state = export_state(model, keep)
-    spec = model_spec_of(Path(a.weights))
-    dropped = [h for h in spec["heads"] if h not in keep]
+    spec = dict(loaded.spec)
+    entries = [e for e in spec["heads"] if split_entry(e, "head")[0] in keep]  # kept entries keep their options
+    dropped = [n for n in (split_entry(e, "head")[0] for e in spec["heads"]) if n not in keep]
     spec = {k: v for k, v in spec.items() if not any(k.startswith(h + "_") for h in dropped)}
-    spec.update(heads=keep, peers=1)
+    spec.update(heads=entries, peers=1)
     if not any(HEADS.get(h).gates_main for h in keep if h != "main"):
         spec["gate"] = None  # forward is unchanged: the gate is the identity in the forward pass
-    from .models.io import IDENTITY_META_KEY, preprocessing_of, read_metadata
-    save_model(model, Path(a.out), spec, state=state, preprocessing=preprocessing_of(Path(a.weights)),
-               identity=read_metadata(Path(a.weights)).get(IDENTITY_META_KEY))
-    print(f"wrote {a.out}: heads {keep}, {sum(v.numel() for k, v in state.items() if 'running' not in k and 'num_batches' not in k):,} parameters")
+    save_model(model, out, spec, state=state, preprocessing=loaded.preprocessing, identity=loaded.identity)
+    n = sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k)
+    print(f"wrote {out}: heads {keep}, {n:,} parameters")
     return 0
 
 
@@ -284,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("weights")
     x.add_argument("--keep", default="main", help="comma-separated heads to keep (default main)")
     x.add_argument("--out", required=True)
+    x.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     d = sub.add_parser("data", help="prepare (decode into the cache), inspect, or download (cifar10|cifar100) a dataset")
     d.add_argument("action", choices=["prepare", "inspect", "download"])
