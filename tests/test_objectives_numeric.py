@@ -274,8 +274,12 @@ def test_every_objective_logs_exactly_its_declared_terms():
     objs = build_objectives(["ce", {"name": "kd", "teacher": "t.safetensors"}, "dml", "kdcl"], context(heads=PEERS))
     for o in objs:
         assert list(o(out_of(**{"main": S, "peer1/main": TL}), batch())) == o.terms
+    # an objective written as a plain callable (the pre-tag API) still works, and its terms are tagged
+    legacy = type("Legacy", (Objective,), {"__call__": lambda self, out, batch: {"x": out.logits["main"].sum()}})()
+    legacy.tag = "t"
+    assert list(legacy(out_of(**{"main": S, "peer1/main": TL}), batch())) == ["x:t"]
     with pytest.raises(TypeError, match="implement compute"):
-        type("Bad", (Objective,), {"__call__": lambda self, out, batch: {}})
+        type("Both", (Objective,), {"__call__": lambda self, o, b: {}, "compute": lambda self, o, b: {}})
 
 
 # -- build-time errors for teachers ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from r18lab.protocols.methods import METHODS
 from r18lab.protocols.report import collect_rows, write_report
 from r18lab.registry import OBJECTIVES
 from r18lab.results.store import RunStore
-from r18lab.train.engine import Trainer, build_from_spec, model_spec
+from r18lab.train.engine import build_from_spec, model_spec
 
 from helpers import tiny
 
@@ -58,7 +58,7 @@ def test_every_method_plans_a_valid_run_config(tmp_path):
         cfg = build_config(s.config)
         assert cfg.seed == 3 and cfg.data.labels == 40 and cfg.data.split_seed == 3
         owner = "fr-resnet18" if s.tags["method"] == "fr-head" else s.tags["method"]  # identical configs share a run
-        assert s.out_dir == tmp_path / "n40" / owner / "seed3"
+        assert s.out_dir == tmp_path / "n40" / owner / f"seed3-{s.identity[:8]}"  # folders keyed by identity
         assert s.tags == {"method": s.tags["method"], "labels": 40, "seed": 3}
         model = build_from_spec(model_spec(cfg, 4))  # the architecture exists and has the planned heads
         logits = model(torch.zeros(2, 3, 8, 8)).logits
@@ -75,10 +75,12 @@ def test_every_method_plans_a_valid_run_config(tmp_path):
 
     teacher, student = by_method["resnet50"], by_method["kd"]
     assert specs.index(teacher) < specs.index(student)
-    assert teacher.config["model"]["name"] == "resnet50" and teacher.config["teacher"] is None
-    assert student.config["teacher"] == str(teacher.out_dir / "model.safetensors")
+    assert teacher.config["model"]["name"] == "resnet50" and teacher.config.get("teacher") is None
+    kd_entry = student.config["objective"][1]  # the teacher is a parameter of the kd objective entry
+    assert kd_entry["teacher"] == str(teacher.out_dir / "model.safetensors") and student.config.get("teacher") is None
     assert student.depends == [teacher.run_id] and student.teacher_of == teacher.run_id
-    assert student.config["objective"] == ["ce", "kd"] and student.config["model"]["name"] == "resnet18"
+    assert student.config["objective"][0] == "ce" and kd_entry["name"] == "kd"
+    assert student.config["model"]["name"] == "resnet18"
 
     fr = by_method["fr-resnet18"].config
     base = by_method["resnet18"].config
@@ -218,14 +220,15 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_others_still_run(pro
     for s in (killed, other):
         (s.out_dir / "summary.json").unlink()
     shutil.rmtree(killed.out_dir / "checkpoint")  # so it trains from the start, and dies after epoch 1
-    real_save = Trainer._save_checkpoint
+    from r18lab.train import checkpoint as ckpt
+    real_save = ckpt.save_training_state
 
-    def save_then_die(self, epoch, step, elapsed):  # the process dies right after epoch 1's checkpoint
-        real_save(self, epoch, step, elapsed)
-        if self.out == killed.out_dir:
+    def save_then_die(folder, **kw):  # the process dies right after epoch 1's checkpoint
+        real_save(folder, **kw)
+        if folder == killed.out_dir / "checkpoint":
             raise RuntimeError("killed")
 
-    monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(ckpt, "save_training_state", save_then_die)
     failures = runner.run_all(specs, store, log=lambda s: None)
     assert list(failures) == [killed.run_id] and "killed" in failures[killed.run_id]
     assert RunStore(store).done(other.run_id) and (other.out_dir / "summary.json").is_file()
@@ -248,25 +251,32 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_others_still_run(pro
 
 
 def test_a_run_folder_of_another_config_is_neither_resumed_nor_reported(tmp_path):
-    """Same method/labels/seed with other options (here 3 epochs, then a wider model) share an out_dir:
-    never resume the other config's checkpoint or report its summary."""
+    """Other options (here 3 epochs) get their own folder (keyed by run identity), so neither run touches the
+    other's files; a folder holding another configuration's run anyway (copied there) is neither resumed,
+    reported nor replaced."""
     s = settings(labels=[40], seeds=[0], methods=["resnet18"])
     store = tmp_path / "store.sqlite"
     first = lowdata.plan(s, parse_overrides(tiny()), tmp_path / "out")
     assert runner.run_all(first, store, log=lambda m: None) == {}
+    weights = (first[0].out_dir / "model.safetensors").read_bytes()
     longer = lowdata.plan(s, parse_overrides(tiny("train.epochs=3")), tmp_path / "out")
-    assert longer[0].out_dir == first[0].out_dir and longer[0].run_id != first[0].run_id
+    assert longer[0].out_dir != first[0].out_dir and longer[0].run_id != first[0].run_id
     assert runner.run_all(longer, store, log=lambda m: None) == {}
-    summary = json.loads((first[0].out_dir / "summary.json").read_text())
-    assert summary["steps"] == 6
-    assert collect_rows(first, s) == []  # the folder now holds the 3-epoch run
-    wider = lowdata.plan(s, parse_overrides(tiny("model.width=0.125")), tmp_path / "out")
-    assert runner.run_all(wider, store, log=lambda m: None) == {}
-    log: list[str] = []
-    assert runner.run_all(first, store, log=log.append) == {}  # done in the store, but its files are gone
-    assert log[0].startswith("0 of 1 runs already done")
+    assert json.loads((longer[0].out_dir / "summary.json").read_text())["steps"] == 6
     assert json.loads((first[0].out_dir / "summary.json").read_text())["steps"] == 4
-    assert [r["seed"] for r in collect_rows(first, s)] == [0]
+    assert (first[0].out_dir / "model.safetensors").read_bytes() == weights  # the first run's weights untouched
+    assert [r["seed"] for r in collect_rows(first, s)] == [0] and [r["seed"] for r in collect_rows(longer, s)] == [0]
+
+    wider = lowdata.plan(s, parse_overrides(tiny("model.width=0.125")), tmp_path / "out")
+    shutil.copytree(first[0].out_dir, wider[0].out_dir)  # another configuration's run in wider's folder
+    assert collect_rows(wider, s) == []
+    failures = runner.run_all(wider, store, log=lambda m: None)
+    assert "holds another configuration's run" in failures[wider[0].run_id]
+    assert (wider[0].out_dir / "model.safetensors").read_bytes() == weights  # neither resumed nor replaced
+    assert json.loads((wider[0].out_dir / "summary.json").read_text())["steps"] == 4
+    log: list[str] = []
+    assert runner.run_all(first, store, log=log.append) == {}
+    assert log[0].startswith("1 of 1 runs already done")
 
 
 def test_runner_threads_follow_omp_num_threads_and_are_given_back(tmp_path, monkeypatch):
@@ -325,7 +335,8 @@ def test_cli_runs_the_protocol_and_prints_the_table(tmp_path, capsys):
     assert "|     40 | resnet18    |   1 |" in printed and "|     40 | fr-resnet18 |   1 |" in printed
     assert "|     40 | fr-resnet18 |       1 |" in printed  # the paired test with one pair
     assert f"plot: {out / 'accuracy_vs_labels.png'}" in printed
-    cfg = json.loads((out / "n40" / "fr-resnet18" / "seed0" / "config.json").read_text())
+    [run_dir] = (out / "n40" / "fr-resnet18").glob("seed0-*")  # seed0-<identity[:8]>
+    cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["train"]["epochs"] == 1 and cfg["model"]["heads"] == ["main", "fr"]
     assert (out / "summary.md").is_file() and (out / "tests.csv").is_file()
 

@@ -1,0 +1,8 @@
+"""Protocols (many runs: waves of RunSpecs) and the executors that run them; importing this registers them."""
+from ..registry import PROTOCOLS
+from . import lowdata  # noqa: F401  (registers lowdata, compare)
+from .base import Protocol, RunContext, RunResult
+from .executors import EXECUTORS, Executor
+from .spec import RunSpec
+
+__all__ = ["EXECUTORS", "PROTOCOLS", "Executor", "Protocol", "RunContext", "RunResult", "RunSpec"]

@@ -1,28 +1,52 @@
-"""`r18lab protocol NAME CONFIG`: plan the runs, execute what is not done, write the report."""
+"""`r18lab protocol NAME CONFIG`: build the protocol, run its waves on an executor, write the report."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
 
-from . import lowdata
-from .report import collect_rows, write_report
-from .runner import run_all
+from ..config import resolve_tree
+from ..errors import ConfigError, Interrupted
+from ..registry import PROTOCOLS
+from . import runner
+from .executors import EXECUTORS
+
+
+def continue_command(a: argparse.Namespace) -> str:
+    """The command that continues this invocation: this process's own command line when it is `r18lab
+    protocol ...`, else one rebuilt from the parsed arguments (main() called from Python)."""
+    argv = sys.argv
+    if Path(argv[0]).name in ("r18lab", "cli.py", "__main__.py") and "protocol" in argv[1:]:
+        return shlex.join(["r18lab", *argv[1:]])
+    parts = ["r18lab", "protocol", a.name, a.config, *a.overrides]
+    for flag, value, default in (("--scale", a.scale, None), ("--out", a.out, None), ("--workers", a.workers, 1),
+                                 ("--executor", getattr(a, "executor", "local"), "local"), ("--store", a.store, None)):
+        if value != default:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
 
 
 def run_protocol(a: argparse.Namespace) -> int:
     from ..train.run import default_store_path
 
-    settings, base = lowdata.load_protocol(a.config, a.overrides, a.scale)
+    if isinstance(a.workers, bool) or not isinstance(a.workers, int) or a.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {a.workers}")
+    factory = PROTOCOLS.get(a.name)
+    executor_factory = EXECUTORS.get(getattr(a, "executor", "local"))
     out = Path(a.out) if a.out else Path("runs") / f"{a.name}-{Path(a.config).stem}" + (f"-{a.scale}" if a.scale else "")
-    specs = lowdata.plan(settings, base, out, protocol=a.name)
-    store = a.store or str(default_store_path())
+    protocol = factory(a.name, resolve_tree(a.config, a.overrides, a.scale), out)
+    store = str(a.store or default_store_path())
     tic = time.perf_counter()
-    failures = run_all(specs, store, a.workers, log=lambda s: print(s, file=sys.stderr, flush=True))
-    rows = collect_rows(specs, settings)
-    print(write_report(rows, out, f"{a.name} protocol: {Path(a.config).stem}" + (f" ({a.scale})" if a.scale else "")))
+    try:
+        with executor_factory(a.workers, store, runner._run_one) as executor:
+            ctx = runner.run(protocol, executor, store, log=lambda s: print(s, file=sys.stderr, flush=True))
+        title = f"{a.name} protocol: {Path(a.config).stem}" + (f" ({a.scale})" if a.scale else "")
+        print(protocol.report(ctx, title))
+    except (KeyboardInterrupt, Interrupted):
+        raise Interrupted(f"interrupted; continue with: {continue_command(a)}") from None
     print(f"wall time {time.perf_counter() - tic:.0f} s; protocol directory: {out}")
-    for run_id, err in failures.items():
+    for run_id, err in ctx.failures.items():
         print(f"error: run {run_id} failed: {err}", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if ctx.failures else 0

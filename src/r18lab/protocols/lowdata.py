@@ -3,17 +3,19 @@ N seeds, a list of methods on identical splits; tables with paired tests and an 
 from __future__ import annotations
 
 import copy
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pydantic import Field
 
-from ..config import Strict, _deep_merge, build_config, config_dict, resolve_tree
+from ..config import TEACHER_OBJECTIVES, Strict, _deep_merge, build_config, config_dict, resolve_tree, run_identity
 from ..errors import ConfigError
-from ..results.store import config_hash
+from ..registry import PROTOCOLS
+from .base import Protocol, RunContext
 from .methods import METHODS
+from .spec import RunSpec
+
+__all__ = ["LowData", "LowDataSettings", "RunSpec", "load_protocol", "plan"]
 
 
 class LowDataSettings(Strict):
@@ -23,22 +25,9 @@ class LowDataSettings(Strict):
     method_defs: dict[str, dict[str, Any]] = {}
 
 
-@dataclass
-class RunSpec:
-    """One run of a protocol: its config tree, where it goes, its store id, and what it depends on."""
-
-    run_id: str
-    config: dict[str, Any]
-    out_dir: Path
-    tags: dict[str, Any]
-    eval_head: str = "main"
-    teacher_of: str | None = None  # run_id whose model.safetensors becomes this run's teacher
-    depends: list[str] = field(default_factory=list)
-
-
-def load_protocol(path: str | Path, overrides: list[str], scale: str | None) -> tuple[LowDataSettings, dict]:
-    """Recipe file → (protocol settings, base run-config tree) with the scale overlay and overrides applied."""
-    tree = resolve_tree(path, overrides, scale)
+def parse_settings(tree: dict) -> tuple[LowDataSettings, dict]:
+    """A resolved recipe tree → (protocol settings, base run-config tree), both validated (one-line errors)."""
+    tree = copy.deepcopy(tree)
     try:
         settings = LowDataSettings.model_validate(tree.pop("protocol", {}) or {})
     except Exception as e:  # pydantic ValidationError → one line
@@ -51,6 +40,11 @@ def load_protocol(path: str | Path, overrides: list[str], scale: str | None) -> 
     return settings, tree
 
 
+def load_protocol(path: str | Path, overrides: list[str], scale: str | None) -> tuple[LowDataSettings, dict]:
+    """Recipe file → (protocol settings, base run-config tree) with the scale overlay and overrides applied."""
+    return parse_settings(resolve_tree(path, overrides, scale))
+
+
 def method_overlay(name: str, settings: LowDataSettings) -> dict[str, Any]:
     defs = {**METHODS, **settings.method_defs}
     if name not in defs:
@@ -58,33 +52,49 @@ def method_overlay(name: str, settings: LowDataSettings) -> dict[str, Any]:
     return copy.deepcopy(defs[name])
 
 
+def with_teacher(objective: list, path: str) -> list:
+    """Each entry of an objective that takes a teacher (e.g. kd) and names none gets `teacher: path`."""
+    out = []
+    for e in objective:
+        name = e if isinstance(e, str) else e.get("name") if isinstance(e, dict) else None
+        if name in TEACHER_OBJECTIVES and not (isinstance(e, dict) and e.get("teacher")):
+            e = {**(e if isinstance(e, dict) else {"name": e}), "teacher": path}
+        out.append(e)
+    return out
+
+
 def plan(settings: LowDataSettings, base: dict, out_root: Path, protocol: str = "lowdata") -> list[RunSpec]:
     """All runs, teachers first: cycle × seed × method, each on the pool (labels, split_seed = seed).
-    Methods whose configs are identical (e.g. `fr-head` and `fr-resnet18`) share one run."""
+    A run's folder and store id carry its run identity, so runs of other overrides never share a folder;
+    methods whose configs are identical (e.g. `fr-head` and `fr-resnet18`) share one run."""
     specs: dict[str, RunSpec] = {}
-    by_hash: dict[str, RunSpec] = {}
+    by_identity: dict[str, RunSpec] = {}
 
     def add(method: str, n: int, seed: int) -> str:
         """Plan one run (and its teacher first); returns its key in `specs`."""
+        key = f"{method}/n{n}/s{seed}"
+        if key in specs:
+            return key
         overlay = method_overlay(method, settings)
         eval_head = overlay.pop("eval_head", "main")
         teacher_method = overlay.pop("teacher_method", None)
         tree = _deep_merge(base, overlay)
         tree = _deep_merge(tree, {"seed": seed, "data": {"labels": n, "split_seed": seed}})
         teacher = specs[add(teacher_method, n, seed)] if teacher_method else None
-        teacher_id = teacher.run_id if teacher else None
+        teacher_ids: dict[str, str] = {}
         if teacher:
-            tree["teacher"] = str(teacher.out_dir / "model.safetensors")
+            path = str(teacher.out_dir / "model.safetensors")
+            tree["objective"] = with_teacher(tree.get("objective", ["ce"]), path)
+            teacher_ids[path] = teacher.identity
         cfg = config_dict(build_config(tree))
-        chash = config_hash(cfg)
-        key = f"{method}/n{n}/s{seed}"
-        if key not in specs:
-            twin = by_hash.get(chash)
-            run_id = twin.run_id if twin else f"{protocol}/{key}/{chash}"
-            out_dir = twin.out_dir if twin else out_root / f"n{n}" / method / f"seed{seed}"
-            specs[key] = RunSpec(run_id, cfg, out_dir, {"method": method, "labels": n, "seed": seed}, eval_head,
-                                 teacher_id, [teacher_id] if teacher_id else [])
-            by_hash.setdefault(chash, specs[key])
+        identity = run_identity(cfg, teacher_ids)
+        twin = by_identity.get(identity)
+        run_id = twin.run_id if twin else f"{protocol}/{key}/{identity}"
+        out_dir = twin.out_dir if twin else out_root / f"n{n}" / method / f"seed{seed}-{identity[:8]}"
+        teacher_id = teacher.run_id if teacher else None
+        specs[key] = RunSpec(run_id, cfg, out_dir, {"method": method, "labels": n, "seed": seed}, eval_head,
+                             teacher_id, [teacher_id] if teacher_id else [], identity, teacher_ids)
+        by_identity.setdefault(identity, specs[key])
         return key
 
     for n in settings.labels:
@@ -92,3 +102,28 @@ def plan(settings: LowDataSettings, base: dict, out_root: Path, protocol: str = 
             for method in settings.methods:
                 add(method, n, seed)
     return list(specs.values())
+
+
+@PROTOCOLS.register("lowdata")
+class LowData(Protocol):
+    """nested labelled pools × seeds × methods on identical splits (paper 000, sec. 3.1)"""
+
+    def __init__(self, name: str, tree: dict, out: Path) -> None:
+        self.name, self.out = name, Path(out)
+        self.settings, self.base = parse_settings(tree)
+        self.specs = plan(self.settings, self.base, self.out, protocol=name)
+
+    def waves(self, ctx: RunContext) -> Iterator[list[RunSpec]]:
+        from .runner import dependency_waves
+
+        yield from dependency_waves(self.specs)  # teachers (wave 0) before their students
+
+    def report(self, ctx: RunContext, title: str) -> str:
+        from .report import collect_rows, write_report
+
+        return write_report(collect_rows(self.specs, self.settings), self.out, title)
+
+
+@PROTOCOLS.register("compare")
+class Compare(LowData):
+    """methods side by side over seeds with the lowdata runner and report (e.g. at one label count: the full set)"""

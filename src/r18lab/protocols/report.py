@@ -7,8 +7,8 @@ from typing import Any
 from ..results.plots import plot_accuracy_vs_labels
 from ..results.tables import compare, summarize, to_csv, to_markdown
 from ..train.checkpoint import atomic_write_text
-from .lowdata import LowDataSettings, RunSpec
-from .runner import read_summary
+from .lowdata import LowDataSettings
+from .spec import RunSpec, read_summary
 
 
 def collect_rows(specs: list[RunSpec], settings: LowDataSettings) -> list[dict[str, Any]]:

@@ -1,57 +1,35 @@
-"""Executes run specifications: skips runs the store marks done, resumes interrupted ones, optional process pool."""
+"""Runs a protocol's waves through an executor: skips runs whose folder holds them finished (by run identity),
+resumes interrupted ones, never touches a folder holding another run, and stops promptly on Ctrl-C."""
 from __future__ import annotations
 
-import json
-import multiprocessing as mp
-import os
-import shutil
-import sys
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
-from ..errors import R18Error
-from .lowdata import RunSpec
-
-
-def threads_per_worker(workers: int) -> int:
-    """Split the thread budget evenly over the workers (at least one thread each): the budget is
-    OMP_NUM_THREADS when set, else the cores this process may run on."""
-    try:
-        budget = int(os.environ.get("OMP_NUM_THREADS", ""))
-    except ValueError:
-        budget = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, budget // max(workers, 1))
-
-
-def same_config(spec: RunSpec) -> bool:
-    """True if spec.out_dir was written by this spec's config (its config.json), so its checkpoint and
-    summary belong to this run; False for a folder left by a run of the same method/labels/seed with other
-    options (an earlier invocation with other overrides), whose files must be neither resumed nor reported."""
-    try:
-        return json.loads((spec.out_dir / "config.json").read_text()) == spec.config
-    except (OSError, ValueError):
-        return False
+from ..errors import Interrupted, R18Error
+from .base import Protocol, RunContext
+from .executors import EXECUTORS, Executor, threads_per_worker  # noqa: F401  (threads_per_worker: public here)
+from .spec import RunSpec, folder_state, read_summary  # noqa: F401  (read_summary: public here)
 
 
 def _run_one(spec: RunSpec, store_path: str, threads: int) -> tuple[str, dict[str, Any] | None, str]:
+    """Train one spec in this process: resume this run's unfinished files, refuse a folder of another run."""
     import torch
 
     from ..config import build_config
     from ..train.run import execute, open_store
 
     torch.set_num_threads(threads)
-    store = open_store(store_path)
-    cfg = build_config(spec.config)
-    resume = (spec.out_dir / "checkpoint" / "state.json").is_file() and same_config(spec)
-    if not resume:  # files of another config (or of nothing resumable) in this folder: start clean
-        shutil.rmtree(spec.out_dir / "checkpoint", ignore_errors=True)
-        (spec.out_dir / "summary.json").unlink(missing_ok=True)
+    state = folder_state(spec)
+    if state == "done":
+        return spec.run_id, read_summary(spec), ""
+    if state == "foreign":
+        return spec.run_id, None, (f"{spec.out_dir} holds another configuration's run; move it away "
+                                   "(nothing there was changed)")
+    has_config = (spec.out_dir / "config.json").is_file()
     try:
-        summary = execute(cfg, spec.out_dir, resume=resume, run_id=spec.run_id, store=store,
-                          protocol=spec.run_id.split("/")[0], tags=spec.tags)
+        summary = execute(build_config(spec.config), spec.out_dir, resume=state == "partial" and has_config,
+                          overwrite=state == "partial" and not has_config, run_id=spec.run_id,
+                          store=open_store(store_path), protocol=spec.run_id.split("/")[0], tags=spec.tags)
     except R18Error as e:
         return spec.run_id, None, str(e)
     except Exception as e:  # one broken run must not end the others; the store already says failed
@@ -78,61 +56,77 @@ def dependency_waves(specs: list[RunSpec]) -> list[list[RunSpec]]:
     return waves
 
 
-def is_done(spec: RunSpec, store) -> bool:
-    return store.done(spec.run_id) and (spec.out_dir / "summary.json").is_file() and same_config(spec)
+class Plan(Protocol):
+    """A fixed list of runs, in dependency waves (teachers before their students)."""
+
+    def __init__(self, specs: list[RunSpec], name: str = "plan", out: Path = Path(".")) -> None:
+        self.specs, self.name, self.out = specs, name, out
+
+    def waves(self, ctx: RunContext) -> Iterator[list[RunSpec]]:
+        yield from dependency_waves(self.specs)
 
 
-def run_all(specs: list[RunSpec], store_path: str | Path, workers: int = 1, log=print) -> dict[str, str]:
-    """Run every spec not yet done (dependencies first); returns run_id → error message for failures."""
+def _adopt(spec: RunSpec, store) -> None:
+    """A finished folder the store does not list as done (another store, or killed between the two writes)."""
+    if store.done(spec.run_id):
+        return
+    summary = read_summary(spec) or {}
+    store.start(spec.run_id, config=spec.config, out_dir=spec.out_dir, protocol=spec.run_id.split("/")[0],
+                tags=spec.tags)
+    store.finish(spec.run_id, {**summary.get("final", {}), "train_seconds": summary.get("train_seconds"),
+                               "steps": summary.get("steps"), "identity": spec.identity})
+
+
+def run(protocol: Protocol, executor: Executor, store_path: str | Path,
+        log: Callable[[str], Any] = print) -> RunContext:
+    """Ask the protocol for waves until it stops; run each wave's unfinished runs on the executor.
+    Ctrl-C cancels what is queued, stops the workers and raises errors.Interrupted."""
     from ..train.run import open_store
 
     store = open_store(store_path)
-    todo = list({s.run_id: s for s in specs if not is_done(s, store)}.values())  # twins run once
-    log(f"{len(specs) - len(todo)} of {len(specs)} runs already done; {len(todo)} to run "
-        f"with {workers} worker(s) × {threads_per_worker(workers)} thread(s)")
-    failures: dict[str, str] = {}
-    waves = dependency_waves(todo)
-    for wave in waves:
-        for s in wave:  # a run whose teacher failed is not run; say so instead of dropping it silently
-            failed = [d for d in s.depends if d in failures]
-            if failed:
-                failures[s.run_id] = f"not run: its teacher {failed[0]} failed"
-                log(f"{s.run_id} skipped: its teacher {failed[0]} failed")
-        wave = [s for s in wave if s.run_id not in failures]
-        if workers <= 1:
-            import torch
-
-            caller_threads = torch.get_num_threads()  # runs in this process: give the caller its setting back
-            try:
-                for i, spec in enumerate(wave):
-                    tic = time.perf_counter()
-                    run_id, _summary, err = _run_one(spec, str(store_path), threads_per_worker(1))
-                    log(f"[{i + 1}/{len(wave)}] {run_id} {'failed: ' + err if err else 'done'} "
-                        f"({time.perf_counter() - tic:.0f} s)")
-                    if err:
-                        failures[run_id] = err
-            finally:
-                torch.set_num_threads(caller_threads)
-            continue
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_run_one, s, str(store_path), threads_per_worker(workers)) for s in wave]
-            for i, fut in enumerate(as_completed(futures)):
-                try:
-                    run_id, _summary, err = fut.result()
-                except BrokenProcessPool as e:  # a worker died (e.g. out of memory): the rest resume next time
-                    raise R18Error(f"a worker process died ({e}); rerun the same command to resume, "
-                                   "perhaps with fewer --workers") from None
-                log(f"[{i + 1}/{len(wave)}] {run_id} {'failed: ' + err if err else 'done'}")
-                if err:
-                    failures[run_id] = err
-    return failures
-
-
-def read_summary(spec: RunSpec) -> dict[str, Any] | None:
-    path = spec.out_dir / "summary.json"
-    if not path.is_file() or not same_config(spec):
-        return None
+    ctx = RunContext()
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
+        for wave in protocol.waves(ctx):
+            _run_wave(wave, ctx, executor, store, log)
+    except KeyboardInterrupt:
+        executor.close(cancel=True)
+        raise Interrupted("interrupted; rerun the same command to continue") from None
+    return ctx
+
+
+def _run_wave(wave: list[RunSpec], ctx: RunContext, executor: Executor, store, log) -> None:
+    fresh = [s for s in wave if s.run_id not in ctx.specs]
+    for s in wave:
+        ctx.specs.setdefault(s.run_id, s)
+    wave = list({s.run_id: s for s in fresh}.values())  # twins (identical configs) run once
+    todo = []
+    for s in wave:
+        if folder_state(s) == "done":
+            _adopt(s, store)
+            ctx.done.add(s.run_id)
+        else:
+            todo.append(s)
+    log(f"{len(wave) - len(todo)} of {len(wave)} runs already done; {len(todo)} to run "
+        f"with {executor.workers} worker(s) × {executor.threads} thread(s)")
+    ready = []
+    for s in todo:  # a run whose teacher failed is not run; say so instead of dropping it silently
+        failed = [d for d in s.depends if d in ctx.failures]
+        if failed:
+            ctx.failures[s.run_id] = f"not run: its teacher {failed[0]} failed"
+            log(f"{s.run_id} skipped: its teacher {failed[0]} failed")
+        else:
+            ready.append(s)
+    for i, res in enumerate(executor.run(ready) if ready else ()):
+        log(f"[{i + 1}/{len(ready)}] {res.run_id} {'failed: ' + res.error if res.error else 'done'} "
+            f"({res.seconds:.0f} s)")
+        if res.error:
+            ctx.failures[res.run_id] = res.error
+        else:
+            ctx.done.add(res.run_id)
+
+
+def run_all(specs: list[RunSpec], store_path: str | Path, workers: int = 1, log: Callable[[str], Any] = print,
+            executor: str = "local") -> dict[str, str]:
+    """Run a fixed list of specs (dependencies first); returns run_id → error message for failures."""
+    with EXECUTORS.build(executor, workers, str(store_path), _run_one) as ex:
+        return run(Plan(specs), ex, store_path, log).failures
