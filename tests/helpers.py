@@ -9,3 +9,15 @@ TINY = [
 
 def tiny(*extra: str) -> list[str]:
     return [*TINY, *extra]
+
+
+def tiny_recipe(epochs: int = 3, extra: str = "") -> str:
+    """A protocol recipe of two methods at 40 labels, one seed, on tiny synthetic data (YAML text)."""
+    return f"""
+protocol: {{labels: [40], seeds: [0], methods: [resnet18, fr-resnet18]}}
+data: {{source: synthetic, options: {{num_classes: 4, image_size: 8, n: 128}}}}
+model: {{width: 0.0625}}
+optim: {{lr: 0.05}}
+schedule: {{name: constant}}
+train: {{batch_size: 32, epochs: {epochs}, progress: none}}
+{extra}"""

@@ -21,7 +21,7 @@ from r18lab.registry import OBJECTIVES
 from r18lab.results.store import RunStore
 from r18lab.train.engine import build_from_spec, model_spec
 
-from helpers import tiny
+from helpers import tiny_recipe, tiny
 
 SYNTH = {"num_classes": 4, "image_size": 8, "n": 128}
 
@@ -312,16 +312,7 @@ def test_two_spawned_workers(tmp_path):
 # -- the command line -----------------------------------------------------------------------------------
 
 
-RECIPE = """
-protocol: {labels: [40], seeds: [0], methods: [resnet18, fr-resnet18]}
-data: {source: synthetic, options: {num_classes: 4, image_size: 8, n: 128}}
-model: {width: 0.0625}
-optim: {lr: 0.05}
-schedule: {name: constant}
-train: {batch_size: 32, epochs: 3, progress: none}
-scales:
-  tiny: {train: {epochs: 2}}
-"""
+RECIPE = tiny_recipe(3, "scales:\n  tiny: {train: {epochs: 2}}\n")
 
 
 def test_cli_runs_the_protocol_and_prints_the_table(tmp_path, capsys):

@@ -18,7 +18,7 @@ from r18lab.protocols import lowdata, runner
 from r18lab.protocols.executors import LocalExecutor
 from r18lab.results.store import RunStore
 
-from helpers import tiny
+from helpers import tiny_recipe, tiny
 
 
 def settings(**kw) -> lowdata.LowDataSettings:
@@ -149,16 +149,6 @@ def test_the_engine_records_the_planned_identities_of_a_teacher_and_its_student(
 
 # -- workers die with the parent; Ctrl-C stops and names the command that continues ---------------------
 
-RECIPE = """
-protocol: {labels: [40], seeds: [0], methods: [resnet18, fr-resnet18]}
-data: {source: synthetic, options: {num_classes: 4, image_size: 8, n: 128}}
-model: {width: 0.0625}
-optim: {lr: 0.05}
-schedule: {name: constant}
-train: {batch_size: 32, epochs: EPOCHS, progress: none}
-"""
-
-
 def children(pid: int) -> dict[int, str]:
     """pid → command line of the processes whose parent is `pid` (from /proc)."""
     out = {}
@@ -192,7 +182,7 @@ def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = No
 
 
 def start_protocol(tmp_path: Path, epochs: int) -> tuple[subprocess.Popen, list[str], Path]:
-    (tmp_path / "p.yaml").write_text(RECIPE.replace("EPOCHS", str(epochs)))
+    (tmp_path / "p.yaml").write_text(tiny_recipe(epochs))
     out = tmp_path / "proto"
     args = ["protocol", "lowdata", str(tmp_path / "p.yaml"), "--out", str(out), "--workers", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "r18lab.cli", *args], stdout=subprocess.PIPE,

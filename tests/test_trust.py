@@ -401,3 +401,50 @@ def test_export_keeps_head_entry_options_and_never_overwrites_silently(tmp_path,
     capsys.readouterr()
     assert main(["export", str(out / "model.safetensors"), "--keep", "main", "--out", str(target)]) == 1
     assert "--overwrite" in one_error_line(capsys.readouterr().err) and target.read_bytes() == before
+
+
+KILL_SCRIPT = r"""
+import json, os, signal, sys
+from r18lab.results.metrics import MetricsWriter
+from r18lab.train import checkpoint as ckpt
+point, out, *args = sys.argv[1:]
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+if point == "metrics-write":  # half of epoch 2's record reaches the file, then kill -9
+    original = MetricsWriter.write
+    def write(self, rec):
+        if rec.get("epoch") == 2 and "train/loss" in rec:
+            line = json.dumps(rec).encode()
+            self._fh.write(line[: len(line) // 2]); self._fh.flush(); die()
+        return original(self, rec)
+    MetricsWriter.write = write
+else:  # "before-commit": epoch 2's record and weights are written, state.json (the commit) is not
+    original = ckpt.atomic_write_text
+    def write_text(path, text):
+        if path.name == "state.json" and json.loads(text)["epoch"] == 2:
+            die()
+        return original(path, text)
+    ckpt.atomic_write_text = write_text
+from r18lab.cli import main
+main(["train", *args, "--out", out])
+"""
+
+
+@pytest.mark.parametrize("point", ["metrics-write", "before-commit"])
+def test_kill_9_during_the_metrics_write_or_before_the_commit(tmp_path, point, capsys):
+    """A real SIGKILL (no Python clean-up): resume gives one record per epoch and bit-identical weights."""
+    import subprocess
+    import sys
+    args = tiny("train.epochs=3", "train.deterministic=true")
+    assert main(["train", *args, "--out", str(tmp_path / "full")]) == 0
+    cut = tmp_path / "cut"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, point, str(cut), *args], env=env, timeout=300)
+    assert proc.returncode == -9
+    assert open_store().get(str(cut.resolve()))["status"] == "interrupted"
+    assert main(["train", *args, "--out", str(cut), "--resume"]) == 0
+    assert [r["epoch"] for r in read_metrics(cut / "metrics.jsonl")] == [1, 2, 3]
+    assert not list(cut.rglob(".*.tmp"))
+    a, b = ckpt.read_tensors(tmp_path / "full" / "model.safetensors")[0], ckpt.read_tensors(cut / "model.safetensors")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert open_store().get(str(cut.resolve()))["status"] == "done"
