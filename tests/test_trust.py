@@ -448,3 +448,13 @@ def test_kill_9_during_the_metrics_write_or_before_the_commit(tmp_path, point, c
     a, b = ckpt.read_tensors(tmp_path / "full" / "model.safetensors")[0], ckpt.read_tensors(cut / "model.safetensors")[0]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert open_store().get(str(cut.resolve()))["status"] == "done"
+
+
+# -- 10. model I/O lives in models/: analysis and prediction do not import the engine -------------------------
+def test_analysis_and_predict_do_not_import_the_training_engine():
+    import subprocess
+    import sys
+    code = ("import sys, r18lab.analysis.commands, r18lab.predict, r18lab.models.io; "
+            "sys.exit(int('r18lab.train.engine' in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=120).returncode == 0
