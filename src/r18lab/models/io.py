@@ -3,10 +3,11 @@ identity, so whoever loads them (eval, export, a teacher, a probe, an analysis) 
 exactly as it was trained (the role of timm's `pretrained_cfg`)."""
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -105,50 +106,43 @@ def renormalize(x: torch.Tensor, source: Preprocessing, target: Preprocessing) -
 
 
 # -- files -------------------------------------------------------------------------------------------------
-def _writable(path: Path):
-    """`atomic_target(path)` after creating its folder; a folder that cannot be made is one clear line."""
+@contextlib.contextmanager
+def writable_target(path: Path) -> Iterator[Path]:
+    """`atomic_target(path)` (folder created) whose I/O failures (disk full, no permission) are one clear line."""
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise R18Error(f"cannot write {path}: {e.strerror}; choose a writable output directory (--out)") from None
-    return atomic_target(path)
+        with atomic_target(path) as tmp:
+            yield tmp
+    except (OSError, SafetensorError) as e:  # safetensors reports I/O failures (e.g. ENOSPC) as its own error
+        reason = getattr(e, "strerror", None) or e
+        raise R18Error(f"cannot write {path}: {reason}; free disk space or choose a writable --out "
+                       "(the previous file, if any, is unchanged)") from None
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors file written atomically (temp file + fsync + rename); disk full or no permission is one line."""
-    try:
-        with _writable(path) as tmp:
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    except OSError as e:
-        raise R18Error(f"cannot write {path}: {e.strerror or e}; free disk space or choose a writable --out "
-                       "(the previous file, if any, is unchanged)") from None
-    except SafetensorError as e:  # safetensors reports I/O failures (e.g. ENOSPC) as its own error
-        raise R18Error(f"cannot write {path} ({e}); free disk space or choose a writable --out "
-                       "(the previous file, if any, is unchanged)") from None
-
-
-def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a safetensors file and its metadata; a missing or corrupt file is a CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; give the path of a model.safetensors file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return load_file(str(path)), meta
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file ({e}); "
-                              "re-export it or point to another file") from None
+    """safetensors file written atomically (temp file + fsync + rename)."""
+    with writable_target(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    """Only the metadata of a safetensors file (no tensors read)."""
+    """Only the metadata of a safetensors file (no tensors read); a missing or corrupt file is a CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; give the path of a model.safetensors file")
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file ({e}); "
+                              "re-export it or point to another file") from None
+
+
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file and its metadata; a missing or corrupt file is a CheckpointError."""
+    meta = read_metadata(path)
+    try:
+        return load_file(str(path)), meta
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file ({e}); "
                               "re-export it or point to another file") from None

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config import build_config, run_identity
+from ..train.rundir import CHECKPOINT_DIR, RUN_FILES
 
 #: files or folders that mean a run was started in a folder (a lone `.lock` does not)
-_RUN_FILES = ("config.json", "splits.json", "metrics.jsonl", "summary.json", "model.safetensors", "checkpoint")
+_RUN_FILES = (*RUN_FILES, CHECKPOINT_DIR)
 
 FolderState = Literal["empty", "done", "partial", "foreign"]
 

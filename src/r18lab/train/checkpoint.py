@@ -11,22 +11,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import atomic_target
-from ..errors import CheckpointError, R18Error
-
+from ..errors import CheckpointError
 from ..models.io import (MODEL_META_KEY, atomic_save_tensors, load_weights, model_spec_of,  # noqa: F401
-                         read_tensors, save_model)
+                         read_tensors, save_model, writable_target)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Text file written atomically (temp file + fsync + rename); disk full or no permission is one line."""
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_target(path) as tmp:
-            tmp.write_text(text)
-    except OSError as e:
-        raise R18Error(f"cannot write {path}: {e.strerror or e}; free disk space or choose a writable --out "
-                       "(the previous file, if any, is unchanged)") from None
+    with writable_target(path) as tmp:
+        tmp.write_text(text)
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:

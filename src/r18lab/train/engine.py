@@ -17,8 +17,8 @@ from .. import objectives as _objectives  # noqa: F401  (registers objectives)
 from ..config import RunConfig, config_dict, run_identity, specs, teacher_paths
 from ..data.training import TrainingData, prepare as prepare_data
 from ..errors import R18Error, TrainingDiverged
-from ..models.io import (Normalizer, build_from_spec, load_checkpoint, load_model,  # noqa: F401
-                         model_spec, teacher_identity)
+from ..models.io import (Normalizer, build_from_spec, load_checkpoint,  # noqa: F401  (build_from_spec,
+                         model_spec, teacher_identity)                 # model_spec: public here too)
 from ..objectives.base import Batch, ObjectiveContext, build_objectives
 from ..results.metrics import MetricsWriter, keep_epochs
 from . import checkpoint as ckpt
