@@ -195,6 +195,11 @@ def cmd_models(a: argparse.Namespace) -> int:
             "head_params": head_params(model), "transforms": getattr(model, "transforms", []),
             "image_size": size, "num_classes": int(num_classes),
             "flops_convention": "multiply-accumulates of conv and linear layers"}
+    from .reference.p003_costs import paper_comparison, paper_key
+    key = paper_key(a.name, info["transforms"], num_classes=int(num_classes), width=cfg.model.width,
+                    stem=cfg.model.stem, image_size=size, heads=list(cfg.model.heads))
+    if key:
+        info["paper"] = paper_comparison(key, info["params"], info["flops"])
     if a.json:
         _print_json(info)
     else:
@@ -309,15 +314,40 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("overrides", nargs="*", help="num_classes=10 stem=imagenet heads=[main,fr] fr_dim=64 ...")
     m.add_argument("--json", action="store_true")
 
-    an = sub.add_parser("analyze", help="analyses of trained weights")
-    an.add_argument("analysis", choices=["spectrum"])
-    an.add_argument("paths", nargs="+", help="model.safetensors (several: one table each, one plot)")
+    from .analysis.commands import ANALYSES  # the registered analyses are the choices
+    an = sub.add_parser("analyze", help="analyses of trained weights",
+                        description="spectrum PATH...: per-layer heavy-tail table. embedding CKPT... --data SOURCE "
+                                    "[key=value ...]: t-SNE panel + silhouette/scatter ratio of chosen classes "
+                                    "(DATA may also be the last positional)")
+    an.add_argument("analysis", choices=list(ANALYSES))
+    an.add_argument("paths", nargs="+", metavar="path",
+                    help="model.safetensors (several: one table each, one plot); embedding: checkpoints, then "
+                         "source options key=value (e.g. image_size=32)")
+    an.set_defaults(overrides=[])  # embedding's source options given after other options land here
     an.add_argument("--xmin", default="median", choices=["median", "ks"])
-    an.add_argument("--json", action="store_true")
-    an.add_argument("--csv")
-    an.add_argument("--plot", help="PNG path for alpha by depth")
-    an.add_argument("--esd-layer", help="layer whose ESD to plot (with --esd-plot)")
+    an.add_argument("--json", action="store_true", help="print JSON instead of the markdown table")
+    an.add_argument("--csv", help="write the table as CSV")
+    an.add_argument("--plot", help="PNG: spectrum, alpha by depth; embedding, the 1×N t-SNE panel")
+    an.add_argument("--esd-layer", help="spectrum: layer whose ESD to plot (with --esd-plot)")
     an.add_argument("--esd-plot")
+    an.add_argument("--data", metavar="SOURCE", help="embedding: images to embed, a path or built-in name "
+                                                     "(as for eval/predict; default: the last positional)")
+    an.add_argument("--split", help="embedding: split of --data (default test)")
+    an.add_argument("--classes", help="embedding: worst:K (lowest per-class accuracy of --ref), all, or indices "
+                                      "like 0,3,5 (default worst:3)")
+    an.add_argument("--ref", metavar="CKPT", help="embedding: checkpoint whose per-class accuracy picks worst:K "
+                                                  "(default: the first checkpoint)")
+    an.add_argument("--max-per-class", type=_positive_int, help="embedding: at most N images per class "
+                                                                "(seeded draw; default all)")
+    an.add_argument("--perplexity", type=float, help="embedding: t-SNE perplexity (default 30)")
+    an.add_argument("--seed", type=int, help="embedding: t-SNE and subsampling seed (default 0)")
+    an.add_argument("--head", help="embedding: logits head for accuracy and --features logits (default main)")
+    an.add_argument("--features", choices=["pooled", "logits"], help="embedding: pooled penultimate features "
+                                                                     "(default) or the --head logits")
+    an.add_argument("--labels", help="embedding: comma-separated panel names, one per checkpoint "
+                                     "(default: run directory names)")
+    an.add_argument("--batch-size", type=_positive_int, help="embedding: prediction batch size (default 512)")
+    an.add_argument("--device", help="embedding: auto (default), cpu, cuda, ...")
 
     from .protocols import EXECUTORS, PROTOCOLS  # the registered protocols and executors are the choices
     pr = sub.add_parser("protocol", help="run a multi-run protocol")

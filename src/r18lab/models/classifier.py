@@ -12,7 +12,9 @@ from torch.utils import _pytree
 from ..errors import ConfigError
 from ..registry import BACKBONES, HEADS, TRANSFORMS
 from . import heads as _heads  # noqa: F401  (registers the heads)
-from . import resnet as _resnet  # noqa: F401  (registers the backbones)
+from . import mobilenet_v2 as _mobilenet_v2  # noqa: F401  (registers the backbones)
+from . import resnet as _resnet  # noqa: F401
+from . import wrn as _wrn  # noqa: F401
 from . import transforms as _transforms  # noqa: F401  (registers the model transforms)
 from .heads import gradient_gate
 
@@ -191,7 +193,13 @@ def option_owner(key: str) -> str | None:
     return max((h for h in HEADS.names() if key.startswith(h + "_")), key=len, default=None)
 
 
-def resolve_heads(heads: Any, options: dict[str, Any], stem: str) -> dict[str, dict[str, Any]]:
+def backbone_options(name: str) -> tuple[str, ...]:
+    """Options backbone `name` takes besides stem and width (e.g. wrn: depth, widen, dropout)."""
+    return BACKBONE_OPTIONS + tuple(getattr(BACKBONES.get(name), "options", ()))
+
+
+def resolve_heads(heads: Any, options: dict[str, Any], stem: str,
+                  backbone_keys: Sequence[str] = BACKBONE_OPTIONS) -> dict[str, dict[str, Any]]:
     """Head name -> its options, from entries (name or {name, **options}) and flat `<head>_<option>` keys."""
     entries = _entries(heads, "head")
     names = [n for n, _ in entries]
@@ -201,12 +209,12 @@ def resolve_heads(heads: Any, options: dict[str, Any], stem: str) -> dict[str, d
         HEADS.get(n)
     opts = {n: dict(p) for n, p in entries}
     for key, value in options.items():
-        if key in BACKBONE_OPTIONS + LEGACY_OPTIONS:
+        if key in tuple(backbone_keys) + LEGACY_OPTIONS:
             continue
         owner = option_owner(key)
         if owner is None:
             raise ConfigError(f"unknown model option {key!r}; options are "
-                              f"{', '.join(BACKBONE_OPTIONS + LEGACY_OPTIONS)} or <head>_<option> for a head in "
+                              f"{', '.join(tuple(backbone_keys) + LEGACY_OPTIONS)} or <head>_<option> for a head in "
                               f"heads={names}")
         if owner not in opts:
             raise ConfigError(f"unknown model option {key!r}: head {owner!r} is not in heads={names}; "
@@ -247,10 +255,11 @@ def create_model(name: str, *, num_classes: int, stem: str = "cifar", width: flo
         raise ConfigError(f"width must be > 0, got {width}")
     if peers < 1:
         raise ConfigError(f"peers must be ≥ 1, got {peers}")
-    head_opts = resolve_heads(heads, options, stem)
+    backbone_keys = backbone_options(name)
+    head_opts = resolve_heads(heads, options, stem, backbone_keys)
     steps = resolve_transforms(transforms, options)
     extra = [h for h in head_opts if h != "main"]
-    backbone_kw = {k: v for k, v in options.items() if k in BACKBONE_OPTIONS}
+    backbone_kw = {k: v for k, v in options.items() if k in backbone_keys}
     if gate is None:
         gate = 0.0 if any(getattr(HEADS.get(h), "gates_main", False) for h in extra) else 1.0
     applied = [n if not p else {"name": n, **p} for n, p in steps]

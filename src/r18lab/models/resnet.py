@@ -15,6 +15,7 @@ class ResidualBlock(nn.Module):
     """A block y = relu(F(x) + s(x)), s = identity or a 1×1 projection (`downsample`); `residual=False` drops s."""
 
     residual = True
+    group_style = "dconv"  # `grouped` turns each 3×3 conv into grouped conv → BN → ReLU → 1×1 (spec 003 §1.2)
 
     def remove_shortcut(self) -> None:
         """y = relu(F(x)): identity and projection shortcut gone, the projection's parameters with it."""
@@ -45,6 +46,9 @@ class BasicBlock(ResidualBlock):
         out = self.relu(self.bn1(self.conv1(x)))
         return self._join(self.bn2(self.conv2(out)), x)
 
+    def grouping_targets(self) -> list[tuple[nn.Module, str]]:
+        return [(self, "conv1"), (self, "conv2")]
+
 
 class Bottleneck(ResidualBlock):
     """1×1 → 3×3 → 1×1 convs, stride on the 3×3 (torchvision 'ResNet v1.5'), expansion 4."""
@@ -67,6 +71,9 @@ class Bottleneck(ResidualBlock):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return self._join(self.bn3(self.conv3(out)), x)
+
+    def grouping_targets(self) -> list[tuple[nn.Module, str]]:
+        return [(self, "conv2")]  # the 3×3 conv (ResNeXt's place for groups)
 
 
 def _projection(cin: int, cout: int, stride: int) -> nn.Sequential:
