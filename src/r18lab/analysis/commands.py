@@ -1,4 +1,8 @@
-"""`r18lab analyze spectrum PATH`: per-layer heavy-tail table (JSON/CSV/markdown) and plots."""
+"""`r18lab analyze ANALYSIS ...`: one function per analysis in ANALYSES (the CLI's choices).
+
+spectrum PATH...: per-layer heavy-tail table (JSON/CSV/markdown) and plots.
+embedding CKPT... --data SOURCE: t-SNE panel and separability numbers of chosen classes (paper 003 Fig. 2).
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +16,21 @@ COLUMNS = ["name", "num_evals", "alpha", "xmin", "ks_distance", "lambda_max", "a
 
 
 def run_analysis(a: argparse.Namespace) -> int:
+    """Run the analysis `a.analysis`; an option that belongs to another analysis is a one-line error."""
+    if a.analysis not in ANALYSES:
+        raise ConfigError(f"unknown analysis {a.analysis!r}; choose one of: {', '.join(ANALYSES)}")
+    fn, own = ANALYSES[a.analysis]
+    for other, (_, options) in ANALYSES.items():
+        for opt in options - own:
+            if getattr(a, opt, None) is not None:
+                raise ConfigError(f"--{opt.replace('_', '-')} belongs to `r18lab analyze {other}`, not "
+                                  f"`analyze {a.analysis}`; drop it")
+    if getattr(a, "overrides", None) and a.analysis != "embedding":
+        raise ConfigError(f"`analyze {a.analysis}` takes no key=value options ({a.overrides[0]!r}); drop them")
+    return fn(a)
+
+
+def run_spectrum(a: argparse.Namespace) -> int:
     from ..results.tables import to_markdown
     from .spectrum import analyze, fit_power_law, layer_spectra, to_csv
     from .spectrum_plots import plot_alpha_by_depth, plot_esd
@@ -63,3 +82,195 @@ def _model_or_path(path: Path):
         return load_model(path)
     except CheckpointError:
         return path
+
+
+# -- embedding -------------------------------------------------------------------------------------------
+EMBEDDING_COLUMNS = ["label", "classes", "n", "silhouette", "scatter_ratio", "accuracy"]
+EMBEDDING_DEFAULTS = {"split": "test", "classes": "worst:3", "perplexity": 30.0, "seed": 0, "head": "main",
+                      "features": "pooled", "batch_size": 512, "device": "auto"}
+
+
+def run_embedding(a: argparse.Namespace) -> int:
+    """t-SNE panel + silhouette / scatter ratio of the same selected images under several checkpoints."""
+    import numpy as np
+
+    from .. import data as data_mod
+    from ..models.io import load_checkpoint
+    from ..predict import predict
+    from ..results.tables import to_csv, to_markdown
+    from ..train.environment import pick_device
+    from .embedding import embedding_rows, parse_classes, per_class_accuracy, select_rows, worst_classes
+
+    opt = {k: (getattr(a, k, None) if getattr(a, k, None) is not None else v) for k, v in EMBEDDING_DEFAULTS.items()}
+    paths, source, data_options = _embedding_inputs(a)
+    for flag, target in (("--plot", a.plot), ("--csv", a.csv)):
+        if target and Path(target).is_dir():
+            raise ConfigError(f"{flag} {target} is a folder; give a file path, e.g. {flag} embedding"
+                              f"{'.png' if flag == '--plot' else '.csv'}")
+    if not opt["perplexity"] > 0:
+        raise ConfigError(f"--perplexity must be above 0, got {opt['perplexity']:g}; the paper uses 30")
+    labels = _embedding_labels(a.labels, paths)
+
+    # checkpoints: loaded once, onto the run's device, and all on the same classes (checked before reading data)
+    device = pick_device(opt["device"])
+    ref_path = Path(a.ref) if a.ref else paths[0]
+    same = [i for i, p in enumerate(paths) if _same_file(p, ref_path)]
+    loaded = [load_checkpoint(p, device) for p in paths]
+    ref = loaded[same[0]] if same else load_checkpoint(ref_path, device)
+    class_names, num_classes = _classes_of(loaded[0])
+    for lm, p in zip([*loaded, ref], [*paths, ref_path]):
+        names, k = _classes_of(lm)
+        if (names, k) != (class_names, num_classes):
+            shown = names if names else f"{k} unnamed classes"
+            first = class_names if class_names else f"{num_classes} unnamed classes"
+            raise ConfigError(f"{p} has classes {_short(shown)} but {paths[0]} has {_short(first)}; compare "
+                              "checkpoints trained on the same classes in the same order")
+    mode, value = parse_classes(opt["classes"], num_classes)
+
+    ds = data_mod.load(source, split=opt["split"], **data_options)
+    where = f"{source} ({opt['split']})"
+    if class_names and list(ds.classes) and list(ds.classes) != list(class_names):
+        raise ConfigError(f"{where} names its classes {_short(ds.classes)} but the models were trained on "
+                          f"{_short(class_names)}; use data with the same classes in the same order")
+    if len(ds) and (ds.labels.min() < 0 or ds.labels.max() >= num_classes):
+        raise ConfigError(f"{where} has labels outside 0..{num_classes - 1}; use the data the models were trained on")
+
+    def run(lm, rows=None):
+        p = predict(lm, ds, indices=rows, batch_size=opt["batch_size"], device=device)
+        if opt["head"] not in p.logits:
+            raise ConfigError(f"{lm.path} has no head {opt['head']!r}; choose one of its heads: "
+                              f"--head {' | '.join(p.heads)}")
+        return p
+
+    ref_acc, ref_full = None, None
+    if mode == "worst":
+        ref_full = run(ref)
+        predicted = ref_full.logits[opt["head"]].argmax(1)
+        classes = worst_classes(ref_full.labels, predicted, value)
+        pc = per_class_accuracy(ref_full.labels, predicted)
+        ref_acc = {c: pc[c] for c in classes}
+    else:
+        classes = value
+    rows = select_rows(ds.labels, classes, a.max_per_class, seed=opt["seed"])
+    if opt["perplexity"] >= len(rows):
+        raise ConfigError(f"--perplexity {opt['perplexity']:g} must be below the number of points ({len(rows)}); "
+                          "lower --perplexity or select more images (--max-per-class, --classes)")
+
+    y = ds.labels[rows]
+    feats, accs = {}, {}
+    for i, (lm, label) in enumerate(zip(loaded, labels)):
+        if ref_full is not None and i in same:  # the reference already ran on every image: take the rows
+            logits, pooled = ref_full.logits[opt["head"]][rows], ref_full.features[rows]
+        else:
+            p = run(lm, rows)
+            logits, pooled = p.logits[opt["head"]], p.features
+        feats[label] = pooled if opt["features"] == "pooled" else logits
+        accs[label] = float((logits.argmax(1) == y).mean() * 100)
+
+    table = embedding_rows(feats, y, seed=opt["seed"], perplexity=opt["perplexity"])
+    names = [class_names[c] if class_names else str(c) for c in classes]
+    for row, p in zip(table, paths):
+        row.update(classes=",".join(map(str, classes)), accuracy=accs[row["label"]], checkpoint=str(p))
+
+    if a.csv:
+        to_csv(table, a.csv, EMBEDDING_COLUMNS + ["checkpoint"])
+    if a.plot:
+        from .embedding_plots import plot_embedding_panel
+        how = f"worst {len(classes)} of {labels[same[0]] if same else ref_path}" if mode == "worst" else "classes"
+        plot_embedding_panel(table, y, a.plot, class_names=class_names or None,
+                             title=f"t-SNE of {opt['features']} features, {how}: {', '.join(names)} "
+                                   f"({opt['split']}, seed {opt['seed']}, perplexity {opt['perplexity']:g})")
+    if a.json:
+        print(json.dumps({
+            "data": str(source), "split": opt["split"], "features": opt["features"], "head": opt["head"],
+            "seed": opt["seed"], "perplexity": opt["perplexity"], "classes": classes, "class_names": names,
+            "selection": mode, "ref": str(ref_path) if mode == "worst" else None, "ref_class_accuracy": ref_acc,
+            "indices": rows.tolist(), "labels": y.tolist(),
+            "rows": [{**r, "classes": classes, "points": np.asarray(r["points"]).tolist()} for r in table],
+        }))  # one line: the points make an indented dump thousands of lines long
+        return 0
+    if ref_acc is not None:
+        print(f"classes: worst {len(classes)} of {ref_path} by per-class accuracy (head {opt['head']}): "
+              + ", ".join(f"{c} ({n}) {ref_acc[c]:.1f}%" for c, n in zip(classes, names)))
+    else:
+        print("classes: " + ", ".join(f"{c} ({n})" for c, n in zip(classes, names)))
+    print(f"{opt['features']} features; silhouette and scatter ratio in the original feature space; "
+          f"accuracy (%) of head {opt['head']} on these {len(rows)} images of {where}")
+    print(to_markdown(table, EMBEDDING_COLUMNS, {"n": "d", "silhouette": ".3f", "scatter_ratio": ".3f",
+                                                "accuracy": ".2f"}), end="")
+    for flag, target in (("csv", a.csv), ("plot", a.plot)):
+        if target:
+            print(f"{flag}: {target}")
+    return 0
+
+
+def _embedding_inputs(a: argparse.Namespace) -> tuple[list[Path], str, dict]:
+    """(checkpoints, data source, data options) from the positionals, --data and key=value tokens.
+
+    The data is `--data SOURCE`, or else the last positional (`embedding A B DATA`) unless that is a
+    .safetensors file; key=value tokens that are not files are source options (as in eval/predict).
+    """
+    from ..config import parse_overrides
+
+    tokens = [t for t in a.paths]
+    options = [t for t in tokens if "=" in t and not Path(t).exists()] + list(getattr(a, "overrides", None) or [])
+    positional = [t for t in tokens if not ("=" in t and not Path(t).exists())]
+    source = a.data
+    if source is None:
+        if len(positional) >= 2 and not positional[-1].endswith(".safetensors"):
+            source = positional.pop()
+        else:
+            raise ConfigError("`analyze embedding` needs the images to embed: add --data SOURCE (a path or built-in "
+                              "name, e.g. --data cifar10-jpeg.tar.gz) after the checkpoints")
+    if not positional:
+        raise ConfigError("`analyze embedding` needs at least one checkpoint: analyze embedding A.safetensors "
+                          "[B.safetensors ...] --data SOURCE")
+    paths = [Path(p) for p in positional]
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        key = p.resolve()
+        if key in seen:
+            raise ConfigError(f"{p} is given twice; give each checkpoint once")
+        seen[key] = p
+    return paths, str(source), parse_overrides(options)
+
+
+def _embedding_labels(text: str | None, paths: list[Path]) -> list[str]:
+    if text is None:
+        return [_label(p, paths) for p in paths]
+    labels = [t.strip() for t in text.split(",")]
+    if len(labels) != len(paths) or not all(labels) or len(set(labels)) != len(labels):
+        raise ConfigError(f"--labels {text!r} must give {len(paths)} distinct non-empty comma-separated names, "
+                          "one per checkpoint in order, e.g. --labels teacher,R,NR,NR+KD")
+    return labels
+
+
+def _classes_of(loaded) -> tuple[list[str], int]:
+    """(class names from the stored preprocessing (may be empty), number of output classes)."""
+    pre = loaded.preprocessing
+    names = list(pre.classes) if pre is not None and pre.classes else []
+    k = loaded.spec.get("num_classes") or getattr(loaded.model, "num_classes", None) or len(names)
+    return names, int(k)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _short(names) -> str:
+    """A class list for a one-line message: its first four names (or a description string as it is)."""
+    if isinstance(names, str):
+        return names
+    names = [str(n) for n in names]
+    return str(names[:4])[:-1] + (", …]" if len(names) > 4 else "]")
+
+
+ANALYSES: dict[str, tuple] = {
+    "spectrum": (run_spectrum, {"esd_layer", "esd_plot"}),  # --xmin has a default: not policed
+    "embedding": (run_embedding, {"data", "split", "classes", "ref", "max_per_class", "perplexity", "seed",
+                                  "head", "features", "labels", "batch_size", "device"}),
+}
+"""name → (function, the options only this analysis reads; others' options are refused)."""
