@@ -29,10 +29,13 @@ _TAG = re.compile(r"[A-Za-z0-9_.\-]+")
 @dataclass
 class Batch:
     """One training batch as the student sees it: `x` augmented and normalised with the student's
-    preprocessing (`ObjectiveContext.preprocessing`), `y` the integer labels."""
+    preprocessing (`ObjectiveContext.preprocessing`), `y` the integer labels, `epoch` the 0-based index of the
+    training epoch it belongs to (a Python int set by the engine, so an objective may change with the epoch
+    without a host sync; None outside a training loop)."""
 
     x: torch.Tensor
     y: torch.Tensor
+    epoch: int | None = None
 
 
 @dataclass

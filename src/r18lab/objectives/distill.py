@@ -24,6 +24,25 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return temperature ** 2 * kl_to_target(student_logits, teacher_logits.detach(), temperature)
 
 
+def kd_loss_elementwise_mean(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                             temperature: float) -> torch.Tensor:
+    """T²·mean over batch×classes of p_t·(log p_t − log p_s) = T²·KL/C: old `kl_div`'s default, as in AT/Moonshine (spec 003 §8.2)."""
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
+    return temperature ** 2 * (log_p_t.exp() * (log_p_t - log_p_s)).mean()
+
+
+#: the `kd` objective's `reduction` choices: the KD term as a function of (student logits, teacher logits, T)
+KD_REDUCTIONS = {"batchmean": kd_loss, "elementwise_mean": kd_loss_elementwise_mean}
+
+
+def moonshine_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
+                      temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+    """kl_div(log_softmax(z_s/T), softmax(z_t/T); elementwise mean)·2αT² + (1 − α)·CE(z_s, y) (AT/Moonshine `distillation`, spec 003 §8.2)."""
+    ce = F.cross_entropy(student_logits.float(), y)
+    return 2 * alpha * kd_loss_elementwise_mean(student_logits, teacher_logits, temperature) + (1 - alpha) * ce
+
+
 def hinton_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
                    temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
     """(1 − α)·CE(z_s, y) + α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) (Hinton et al. 2015, sec. 2; T = 4, α = 0.9 by convention)."""
@@ -69,13 +88,35 @@ class KnowledgeDistillation(Objective):
     from it, set to eval mode with requires_grad False (never trained, never in the optimizer: an objective
     is not a module), and fed the student's augmented view re-normalised with its own stored preprocessing.
     `teacher_head` picks the teacher's logits, `head` the student's. Several teachers: one `kd` entry each,
-    with distinct `tag`s (terms `kd`, `kd:t2`, ...)."""
+    with distinct `tag`s (terms `kd`, `kd:t2`, ...).
+
+    `reduction` is the KL's form: `batchmean` (default, Hinton: T²·KL summed over the classes, mean over the
+    batch; `kd_loss`) or `elementwise_mean` (old PyTorch `kl_div`'s default, used by the attention-transfer /
+    Moonshine code that paper 003's WRNs come from: the same divided by the number of classes C;
+    `kd_loss_elementwise_mean`; spec 003 §8.2). `weight` multiplies either. Moonshine's
+    `kl_div(log_softmax(z_s/T), softmax(z_t/T))·2αT² + (1 − α)·CE` (`moonshine_kd_loss`) is exactly
+    `[{name: ce, weight: 1 − α}, {name: kd, weight: 2α, reduction: elementwise_mean, temperature: T}]`,
+    e.g. α = 0.9, T = 4: ce weight 0.1, kd weight 1.8 (an effective 2αT²/C on the KL instead of αT²).
+
+    `until_epoch` = N applies KD during the first N epochs only (0-based `Batch.epoch` < N); afterwards the
+    term `kd` is a constant 0 and the teacher is not run (spec 003 T5, "KD for only the first 20 % of epochs,
+    then CE"). None (default): every epoch."""
 
     def __init__(self, ctx: ObjectiveContext, teacher: str | None = None, teacher_head: str = "main",
-                 head: str = "main", temperature: float = 4.0, weight: float = 0.9) -> None:
+                 head: str = "main", temperature: float = 4.0, weight: float = 0.9,
+                 reduction: str = "batchmean", until_epoch: int | None = None) -> None:
         if not teacher:
             raise ConfigError("objective kd needs a teacher: set teacher=PATH/model.safetensors, "
                               "or per entry objective=[ce, {name: kd, teacher: PATH}]")
+        if reduction not in KD_REDUCTIONS:
+            raise ConfigError(f"objective kd: unknown reduction {reduction!r}; choose one of "
+                              f"{', '.join(KD_REDUCTIONS)}")
+        if until_epoch is not None and (isinstance(until_epoch, bool) or not isinstance(until_epoch, int)
+                                        or until_epoch < 1):
+            raise ConfigError(f"objective kd: until_epoch must be an integer ≥ 1 (KD during the first N epochs) "
+                              f"or null (every epoch), got {until_epoch!r}; e.g. until_epoch: 20")
+        self.reduction, self.until_epoch = reduction, until_epoch
+        self._kd = KD_REDUCTIONS[reduction]
         if not isinstance(teacher, (str, Path)):
             raise ConfigError(f"objective kd takes one teacher path, got {teacher!r}; for several teachers use one "
                               "kd entry each with distinct tags: [ce, {name: kd, teacher: A}, "
@@ -131,9 +172,20 @@ class KnowledgeDistillation(Objective):
             return self.teacher(renormalize(x, self.student_preprocessing, self.teacher_preprocessing)
                                 ).logits[self.teacher_head]
 
+    def active(self, epoch: int | None) -> bool:
+        """Whether KD applies in (0-based) `epoch`: always without `until_epoch`, else while epoch < until_epoch."""
+        if self.until_epoch is None:
+            return True
+        if epoch is None:
+            raise ConfigError("objective kd: until_epoch needs the batch's epoch but Batch.epoch is None; "
+                              "build the batch with Batch(x, y, epoch=EPOCH) (the engine does)")
+        return epoch < self.until_epoch
+
     def compute(self, out, batch: Batch) -> dict[str, torch.Tensor]:
-        t = self.teacher_logits(batch.x)
-        return {"kd": self.weight * kd_loss(out.logits[self.head], t, self.temperature)}
+        z = out.logits[self.head]
+        if not self.active(batch.epoch):  # no teacher forward: a constant 0 keeps the logged terms stable
+            return {"kd": torch.zeros((), device=z.device)}
+        return {"kd": self.weight * self._kd(z, self.teacher_logits(batch.x), self.temperature)}
 
 
 def _peer_heads(ctx: ObjectiveContext, head: str, who: str) -> list[str]:

@@ -322,7 +322,7 @@ class Trainer:
         dtype = torch.bfloat16 if self.device.type in ("cpu", "cuda") else torch.float16
         with torch.autocast(self.device.type, dtype=dtype, enabled=t.amp):
             out = self.model(x)
-            batch = Batch(x, y)
+            batch = Batch(x, y, epoch=getattr(self, "epoch", None))
             terms: dict[str, torch.Tensor] = {}
             for obj in self.objectives:
                 new = obj(out, batch)
