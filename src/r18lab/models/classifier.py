@@ -12,6 +12,7 @@ from torch.utils import _pytree
 from ..errors import ConfigError
 from ..registry import BACKBONES, HEADS, TRANSFORMS
 from . import heads as _heads  # noqa: F401  (registers the heads)
+from . import gramian as _gramian  # noqa: F401  (registers ga, ca_token, multi_fc)
 from . import mobilenet_v2 as _mobilenet_v2  # noqa: F401  (registers the backbones)
 from . import resnet as _resnet  # noqa: F401
 from . import wrn as _wrn  # noqa: F401
