@@ -35,7 +35,7 @@ def run_protocol(a: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be at least 1, got {a.workers}")
     factory = PROTOCOLS.get(a.name)
     executor_factory = EXECUTORS.get(getattr(a, "executor", "local"))
-    out = Path(a.out) if a.out else Path("runs") / f"{a.name}-{Path(a.config).stem}" + (f"-{a.scale}" if a.scale else "")
+    out = Path(a.out) if a.out else Path("runs") / (f"{a.name}-{Path(a.config).stem}" + (f"-{a.scale}" if a.scale else ""))
     protocol = factory(a.name, resolve_tree(a.config, a.overrides, a.scale), out)
     store = str(a.store or default_store_path())
     tic = time.perf_counter()
