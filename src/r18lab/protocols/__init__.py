@@ -1,6 +1,7 @@
 """Protocols (many runs: waves of RunSpecs) and the executors that run them; importing this registers them."""
 from ..registry import PROTOCOLS
 from . import lowdata  # noqa: F401  (registers lowdata, compare)
+from . import kdgrid  # noqa: F401
 from .base import Protocol, RunContext, RunResult
 from .executors import EXECUTORS, Executor
 from .spec import RunSpec
