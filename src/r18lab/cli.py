@@ -84,8 +84,63 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if pre.classes and list(pre.classes) != list(test.classes):
         raise ConfigError(f"{a.data} names its classes {list(test.classes)[:4]}… but the model was trained on "
                           f"{list(pre.classes)[:4]}…; evaluate on data with the same classes in the same order")
-    res = evaluate(model, x, y, pre.normalizer().to(device), a.batch_size)
-    _print_json(res) if a.json else [print(f"{k}: {v:.4f}") for k, v in res.items()]
+    if getattr(a, "heads", None) is None:
+        res = evaluate(model, x, y, pre.normalizer().to(device), a.batch_size)
+        _print_json(res) if a.json else [print(f"{k}: {v:.4f}") for k, v in res.items()]
+        return 0
+
+    # partial deployment (paper 004 Tables C, B): a subset of a head's sub-heads, combined as the head's
+    # `combine` says, or one sub-head drawn at random with --seed
+    import torch
+
+    from .models.classifier import ModelOutput
+    from .models.gramian import combine_logits
+
+    names = list(getattr(model, "logit_names", []))
+    spec = a.heads.strip()
+    fix = "e.g. --heads ga.0,ga.3 (sub-heads of one head) or --heads ga:random"
+    with_subs = sorted({k.rsplit(".", 1)[0] for k in names if "." in k.rsplit("/", 1)[-1]})
+    if spec.endswith(":random"):
+        parent = spec[:-len(":random")]
+        keys = [k for k in names if k.startswith(parent + ".")]
+        if not keys:
+            raise ConfigError(f"--heads {a.heads}: {a.weights} has no head {parent!r} with sub-heads; its heads "
+                              f"with sub-heads: {', '.join(with_subs) or 'none'}")
+        pick = int(torch.randint(len(keys), (1,), generator=torch.Generator().manual_seed(a.seed)))
+        keys = [keys[pick]]
+    else:
+        keys = [k.strip() for k in spec.split(",") if k.strip()]
+        unknown = [k for k in keys if k not in names or "." not in k.rsplit("/", 1)[-1]]
+        if not keys or unknown:
+            raise ConfigError(f"--heads {a.heads!r}: {(unknown or [spec])[0]!r} is not a sub-head of {a.weights} "
+                              f"(its logits: {', '.join(names)}); {fix}")
+        parents = sorted({k.rsplit(".", 1)[0] for k in keys})
+        if len(parents) > 1 or len(set(keys)) != len(keys):
+            raise ConfigError(f"--heads {a.heads!r} must list distinct sub-heads of one head, got heads {parents}; "
+                              f"evaluate one head's subset at a time, {fix}")
+        parent = parents[0]
+    peer, _, head = parent.rpartition("/")
+    owner = model.peers[int(peer[4:] or 0)] if hasattr(model, "peers") else model
+    mode = getattr(owner.heads[head], "combine", "sum")
+    label = "+".join(keys)
+
+    class Subset(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, inputs: torch.Tensor) -> ModelOutput:
+            out = self.inner(inputs)
+            return ModelOutput({label: combine_logits([out.logits[k] for k in keys], mode)}, out.features)
+
+    res = evaluate(Subset(model), x, y, pre.normalizer().to(device), a.batch_size)
+    info = {"heads": keys, "combine": mode, **({"seed": a.seed} if spec.endswith(":random") else {})}
+    if a.json:
+        _print_json({**info, **res})
+    else:
+        print(f"heads: {', '.join(keys)} (logits combined by {mode}"
+              + (f"; drawn with seed {a.seed})" if "seed" in info else ")"))
+        [print(f"{k}: {v:.4f}") for k, v in res.items()]
     return 0
 
 
@@ -110,7 +165,13 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     keep = [h.strip() for h in a.keep.split(",") if h.strip()]
     if not keep:
-        raise ConfigError(f"--keep {a.keep!r} names no head; list the heads to keep, e.g. --keep main")
+        raise ConfigError(f"--keep {a.keep!r} names no head; list the heads to keep, e.g. --keep main, "
+                          "or --keep none for the backbone alone")
+    backbone_only = keep == ["none"]  # the backbone for a fresh linear probe (paper 004 Tables A–B)
+    if backbone_only:
+        keep = []
+    elif "none" in keep:
+        raise ConfigError(f"--keep {a.keep!r}: none means no head at all; give --keep none alone or list heads")
     out = Path(a.out)
     if out.exists() and not a.overwrite:
         raise R18Error(f"{out} exists; choose another --out, or pass --overwrite to replace it")
@@ -130,6 +191,11 @@ def cmd_export(a: argparse.Namespace) -> int:
         spec["gate"] = None  # forward is unchanged: the gate is the identity in the forward pass
     save_model(model, out, spec, state=state, preprocessing=loaded.preprocessing, identity=loaded.identity)
     n = sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k)
+    if backbone_only:  # its spec says heads: []; create_model needs a head, so it is loaded non-strictly
+        print(f"wrote {out}: backbone only (no heads), {n:,} parameters; load it into "
+              f"create_model({spec['name']!r}, ..., heads=['main']) with strict=False (missing only fc.*) "
+              "and fit a fresh fc")
+        return 0
     print(f"wrote {out}: heads {keep}, {n:,} parameters")
     return 0
 
@@ -275,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--normalize", choices=["stored", "dataset"], default="stored",
                    help="stored: the weights' own preprocessing (default); dataset: recompute mean/std from the "
                         "data's train split (only for files written before preprocessing was stored)")
+    e.add_argument("--heads", help="evaluate only these sub-heads of one head, their logits combined as the head's "
+                                   "combine option says (e.g. ga.0,ga.3), or one drawn at random: ga:random")
+    e.add_argument("--seed", type=int, default=0, help="seed of the --heads HEAD:random draw (default 0)")
 
     pd = sub.add_parser("predict", help="per-sample logits of every head, features (and stage maps) as .npz")
     pd.add_argument("weights", help="model.safetensors (its stored preprocessing is used)")
@@ -290,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="write the model with only the kept heads")
     x.add_argument("weights")
-    x.add_argument("--keep", default="main", help="comma-separated heads to keep (default main)")
+    x.add_argument("--keep", default="main", help="comma-separated heads to keep (default main); none: the backbone "
+                                                  "alone, loadable into a plain model without fc (strict=False)")
     x.add_argument("--out", required=True)
     x.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
@@ -318,21 +388,25 @@ def build_parser() -> argparse.ArgumentParser:
     an = sub.add_parser("analyze", help="analyses of trained weights",
                         description="spectrum PATH...: per-layer heavy-tail table. embedding CKPT... --data SOURCE "
                                     "[key=value ...]: t-SNE panel + silhouette/scatter ratio of chosen classes "
-                                    "(DATA may also be the last positional)")
+                                    "(DATA may also be the last positional). ensemble CKPT... --data SOURCE "
+                                    "[key=value ...]: strength, correlation and bound of one checkpoint's sub-heads "
+                                    "(ga.0 ... ga.4) or of several checkpoints' --head logits (paper 004)")
     an.add_argument("analysis", choices=list(ANALYSES))
     an.add_argument("paths", nargs="+", metavar="path",
-                    help="model.safetensors (several: one table each, one plot); embedding: checkpoints, then "
-                         "source options key=value (e.g. image_size=32)")
+                    help="model.safetensors (several: one table each, one plot); embedding, ensemble: "
+                         "checkpoints, then source options key=value (e.g. image_size=32)")
     an.set_defaults(overrides=[])  # embedding's source options given after other options land here
     an.add_argument("--xmin", default="median", choices=["median", "ks"])
     an.add_argument("--json", action="store_true", help="print JSON instead of the markdown table")
     an.add_argument("--csv", help="write the table as CSV")
-    an.add_argument("--plot", help="PNG: spectrum, alpha by depth; embedding, the 1×N t-SNE panel")
+    an.add_argument("--plot", help="PNG: spectrum, alpha by depth; embedding, the 1×N t-SNE panel; ensemble, "
+                                   "correlation vs strength, one point per label")
     an.add_argument("--esd-layer", help="spectrum: layer whose ESD to plot (with --esd-plot)")
     an.add_argument("--esd-plot")
     an.add_argument("--data", metavar="SOURCE", help="embedding: images to embed, a path or built-in name "
-                                                     "(as for eval/predict; default: the last positional)")
-    an.add_argument("--split", help="embedding: split of --data (default test)")
+                                                     "(as for eval/predict; default: the last positional); "
+                                                     "ensemble: images to predict (required)")
+    an.add_argument("--split", help="embedding, ensemble: split of --data (default test)")
     an.add_argument("--classes", help="embedding: worst:K (lowest per-class accuracy of --ref), all, or indices "
                                       "like 0,3,5 (default worst:3)")
     an.add_argument("--ref", metavar="CKPT", help="embedding: checkpoint whose per-class accuracy picks worst:K "
@@ -341,13 +415,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "(seeded draw; default all)")
     an.add_argument("--perplexity", type=float, help="embedding: t-SNE perplexity (default 30)")
     an.add_argument("--seed", type=int, help="embedding: t-SNE and subsampling seed (default 0)")
-    an.add_argument("--head", help="embedding: logits head for accuracy and --features logits (default main)")
+    an.add_argument("--head", help="embedding: logits head for accuracy and --features logits (default main); "
+                                   "ensemble: the head whose sub-heads are the members (default: every head with "
+                                   "several), or with --members checkpoints each checkpoint's head (default main)")
     an.add_argument("--features", choices=["pooled", "logits"], help="embedding: pooled penultimate features "
                                                                      "(default) or the --head logits")
     an.add_argument("--labels", help="embedding: comma-separated panel names, one per checkpoint "
-                                     "(default: run directory names)")
-    an.add_argument("--batch-size", type=_positive_int, help="embedding: prediction batch size (default 512)")
-    an.add_argument("--device", help="embedding: auto (default), cpu, cuda, ...")
+                                     "(default: run directory names); ensemble: one name per checkpoint, repeated "
+                                     "names form one group (one plot point; with --members checkpoints one ensemble)")
+    an.add_argument("--members", choices=["heads", "checkpoints"],
+                    help="ensemble: heads = each checkpoint's sub-heads (default when every checkpoint has a head "
+                         "with several), checkpoints = the checkpoints' --head logits")
+    an.add_argument("--weighting", choices=["paper", "breiman"],
+                    help="ensemble: plain mean of pairwise correlations (paper, default) or Breiman's sd-weighted")
+    an.add_argument("--batch-size", type=_positive_int, help="embedding, ensemble: prediction batch size "
+                                                             "(default 512)")
+    an.add_argument("--device", help="embedding, ensemble: auto (default), cpu, cuda, ...")
 
     from .protocols import EXECUTORS, PROTOCOLS  # the registered protocols and executors are the choices
     pr = sub.add_parser("protocol", help="run a multi-run protocol")

@@ -2,6 +2,8 @@
 
 spectrum PATH...: per-layer heavy-tail table (JSON/CSV/markdown) and plots.
 embedding CKPT... --data SOURCE: t-SNE panel and separability numbers of chosen classes (paper 003 Fig. 2).
+ensemble CKPT... --data SOURCE: strength, correlation and bound of a model's sub-heads or of several checkpoints
+(paper 004 sec. 4.1; `ensemble_command`).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def run_analysis(a: argparse.Namespace) -> int:
             if getattr(a, opt, None) is not None:
                 raise ConfigError(f"--{opt.replace('_', '-')} belongs to `r18lab analyze {other}`, not "
                                   f"`analyze {a.analysis}`; drop it")
-    if getattr(a, "overrides", None) and a.analysis != "embedding":
+    if getattr(a, "overrides", None) and a.analysis not in ("embedding", "ensemble"):
         raise ConfigError(f"`analyze {a.analysis}` takes no key=value options ({a.overrides[0]!r}); drop them")
     return fn(a)
 
@@ -268,9 +270,16 @@ def _short(names) -> str:
     return str(names[:4])[:-1] + (", …]" if len(names) > 4 else "]")
 
 
+def run_ensemble(a: argparse.Namespace) -> int:
+    """Strength / correlation / bound table, CSV, JSON and scatter plot (`ensemble_command.run_ensemble`)."""
+    from .ensemble_command import run_ensemble as run
+    return run(a)
+
+
 ANALYSES: dict[str, tuple] = {
     "spectrum": (run_spectrum, {"esd_layer", "esd_plot"}),  # --xmin has a default: not policed
     "embedding": (run_embedding, {"data", "split", "classes", "ref", "max_per_class", "perplexity", "seed",
                                   "head", "features", "labels", "batch_size", "device"}),
+    "ensemble": (run_ensemble, {"data", "split", "head", "labels", "members", "weighting", "batch_size", "device"}),
 }
 """name → (function, the options only this analysis reads; others' options are refused)."""

@@ -1,4 +1,4 @@
-"""Cross-entropy on one or more heads."""
+"""Cross-entropy on one or more heads, or on a head's sub-heads (e.g. each Gramian head's own logits)."""
 from __future__ import annotations
 
 import torch
@@ -14,15 +14,46 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0)
     return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
 
 
+def resolve_logit_keys(heads: str | list[str], ctx: ObjectiveContext, who: str) -> list[str]:
+    """`"all"` → every top-level head (as `resolve_heads`); otherwise each name is a top-level head, a sub-head
+    key `<head>.<sub>` (e.g. `ga.0`) or the shorthand `<head>.*` for all of a head's sub-heads, in the model's
+    order; every key is checked against the model's logit keys (`ctx.logit_names`)."""
+    if heads == "all" or not ctx.logit_names:
+        return resolve_heads(heads, ctx.head_names, who)
+    names = [heads] if isinstance(heads, str) else list(heads)
+    available = list(ctx.logit_names)
+    keys: list[str] = []
+    for name in names:
+        if not isinstance(name, str):
+            raise ConfigError(f"{who}: heads must be names, got {name!r}")
+        if name.endswith(".*"):
+            subs = [k for k in available if k.startswith(name[:-1])]
+            if not subs:
+                with_subs = sorted({k.rsplit(".", 1)[0] for k in available if "." in k})
+                raise ConfigError(f"{who}: {name!r} matches no sub-head; heads with sub-heads: "
+                                  f"{', '.join(f'{h}.*' for h in with_subs) or 'none'} (model logits: {available})")
+            expanded = subs
+        elif name in available:
+            expanded = [name]
+        else:
+            raise ConfigError(f"{who}: unknown head {name!r}; the model's logits are {available} "
+                              "(a head, a sub-head like ga.0, or <head>.* for all its sub-heads)")
+        keys += [k for k in expanded if k not in keys]
+    return keys
+
+
 @OBJECTIVES.register("ce")
 class CrossEntropy(Objective):
     """Σ_h w·CE(logits_h, y) over the chosen heads (default: every head, as OJKD's CE(fr) + CE(main)).
 
-    `label_smoothing` defaults to the run's `train.label_smoothing`; one term `ce/<head>` per head."""
+    `heads` may name sub-heads: `heads: ga.*` (or `[ga.0, ga.1, ...]`) is Σ_k CE(z_k, y) over the Gramian
+    heads' own logits, the reference's loss (paper 004 Eq. 3; spec 004 §B.5), whereas `heads: [ga]` is the CE of
+    their combined logits. `label_smoothing` defaults to the run's `train.label_smoothing`; one term
+    `ce/<key>` per head or sub-head."""
 
     def __init__(self, ctx: ObjectiveContext, heads: str | list[str] = "all", weight: float = 1.0,
                  label_smoothing: float | None = None) -> None:
-        self.heads = resolve_heads(heads, ctx.head_names, "objective ce")
+        self.heads = resolve_logit_keys(heads, ctx, "objective ce")
         self.weight = float(weight)
         self.smoothing = float(ctx.label_smoothing if label_smoothing is None else label_smoothing)
         if not 0.0 <= self.smoothing <= 1.0:

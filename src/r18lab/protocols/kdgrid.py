@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import Strict, _deep_merge, build_config, config_dict, run_identity
 from ..errors import ConfigError, R18Error
+from ..reference.p003_costs import variant_transforms
 from ..registry import PROTOCOLS
 from .base import Protocol, RunContext
 from .lowdata import with_teacher
@@ -44,13 +45,6 @@ class Variant:
     def k(self) -> int | None:
         return None if self.name == "std" else int(self.name[1:])
 
-
-#: variant kind → the model transforms it adds (specs/003 §1.1: gK = groups K, GK = groups C_in/K)
-GROUPINGS: dict[str, Callable[[int | None], list[dict[str, Any]]]] = {
-    "std": lambda k: [],
-    "g": lambda k: [{"name": "grouped", "groups": k}],
-    "G": lambda k: [{"name": "grouped", "group_width": k}],
-}
 
 #: pairing rule → does student s distil from teacher t? (`other_type`: constant-g ← constant-G and vice versa,
 #: as in every table of paper 003, specs/003 §2.1; `all`: every teacher × every student)
@@ -248,8 +242,7 @@ def run_tree(fam: Family, variant: Variant, residual: bool, seed: int, objective
     """The run config of R-x (residual) or NR-x of one family at one seed (NR-x: `no_residual` prepended)."""
     tree = _deep_merge(fam.tree, {"seed": seed, "objective": objective})
     model = tree.setdefault("model", {})
-    model["transforms"] = [*model.get("transforms", []), *([] if residual else ["no_residual"]),
-                           *GROUPINGS[variant.kind](variant.k)]
+    model["transforms"] = [*model.get("transforms", []), *variant_transforms(variant.name, residual)]
     if epochs is not None:
         tree.setdefault("train", {})["epochs"] = epochs
     if fam.lr_decay_per_epoch is not None:  # ×γ after every epoch = multistep with a milestone at every epoch
@@ -399,26 +392,21 @@ def depth_group(model: dict[str, Any]) -> str:
     return f"{kind}, width {model.get('width', 1.0)}"
 
 
-#: the networks of paper 003's Tables 8/9 (keys of reference.p003_costs)
-PAPER_FAMILIES = ("wrn22_2", "wrn22_10", "wrn28_2", "wrn40_2", "resnet18", "mobilenet_v2")
-
-
 def paper_key(arch: dict[str, Any], input_size: tuple[int, ...], network: str) -> tuple[str, str, str] | None:
-    """(family, "R"|"NR", variant) when the built model is one of paper 003's (CIFAR-100 head, 3×32×32, full width,
-    plain classifier, only the grid's transforms), else None."""
-    if arch.get("num_classes") != 100 or tuple(input_size) != (3, 32, 32) or arch.get("width", 1.0) != 1.0:
-        return None
-    if list(arch.get("heads", ["main"])) != ["main"] or arch.get("peers", 1) != 1:
-        return None
+    """(family, "R"|"NR", variant) when the built model is one of paper 003's Tables 8/9 (CIFAR-100 head, 3×32×32,
+    full width, plain classifier, only the grid's transforms), else None; `wrn` with depth/widen is its shortcut."""
+    from ..reference.p003_costs import paper_key as p003_key
+
     name = str(arch.get("name"))
-    fam = (f"wrn{arch.get('depth')}_{arch.get('widen', 1)}" if name == "wrn"
-           else name if name.startswith("wrn") or arch.get("stem") == "cifar" else None)
-    role, _, variant = network.partition("-")
-    if fam not in PAPER_FAMILIES or variant == "std":
+    if name == "wrn":
+        name = f"wrn{arch.get('depth', 28)}_{arch.get('widen', 10)}"
+    size = tuple(input_size)
+    if len(size) != 3 or size[0] != 3 or size[1] != size[2] or arch.get("peers", 1) != 1:
         return None
-    v = Variant(variant)
-    expected = [*(["no_residual"] if role == "NR" else []), *GROUPINGS[v.kind](v.k)]
-    return (fam, role, variant) if list(arch.get("transforms", [])) == expected else None
+    key = p003_key(name, list(arch.get("transforms", [])), num_classes=arch.get("num_classes"),
+                   width=arch.get("width", 1.0), stem=arch.get("stem", "cifar"), image_size=size[1],
+                   heads=list(arch.get("heads", ["main"])))
+    return key if key and f"{key[1]}-{key[2]}" == network else None
 
 
 def model_cost(family: str, network: str, arch: dict[str, Any], input_size: tuple[int, ...]) -> dict[str, Any]:
