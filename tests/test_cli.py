@@ -138,3 +138,22 @@ def test_public_contract_names():
     assert ds.images.shape == (12, 8, 8, 3) and ds.images.dtype.name == "uint8" and len(ds.classes) == 3
     out = r18lab.create_model("resnet18", num_classes=3, width=0.0625)(torch.randn(2, 3, 8, 8))
     assert out.logits["main"].shape == (2, 3) and out.features.ndim == 2
+
+
+def test_backbone_only_export_reopens_as_a_feature_extractor(tmp_path, capsys):
+    """`export --keep none` writes the backbone alone; it loads back (no heads) and gives the same features."""
+    import torch
+    from r18lab.models.io import load_checkpoint
+    out = tmp_path / "run"
+    assert main(["train", *tiny(), "--out", str(out)]) == 0
+    assert main(["export", str(out / "model.safetensors"), "--keep", "none", "--out", str(tmp_path / "b.safetensors")]) == 0
+    full = load_checkpoint(out / "model.safetensors", "cpu").model.eval()
+    backbone = load_checkpoint(tmp_path / "b.safetensors", "cpu").model.eval()
+    assert backbone.head_names == [] and backbone.fc is None
+    x = torch.randn(2, 3, 8, 8)
+    got = backbone(x)
+    assert got.logits == {} and torch.equal(got.features, full(x).features)
+    capsys.readouterr()
+    assert main(["train", *tiny("model.heads=[]"), "--out", str(tmp_path / "nohead")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the model has no head to train (model.heads is empty)" in err

@@ -204,8 +204,8 @@ def resolve_heads(heads: Any, options: dict[str, Any], stem: str,
     """Head name -> its options, from entries (name or {name, **options}) and flat `<head>_<option>` keys."""
     entries = _entries(heads, "head")
     names = [n for n, _ in entries]
-    if len(set(names)) != len(names) or not names:
-        raise ConfigError(f"heads must be a non-empty list of distinct names, got {names}")
+    if len(set(names)) != len(names):  # [] = the backbone alone (a feature extractor, e.g. `export --keep none`)
+        raise ConfigError(f"heads must be a list of distinct names, got {names}")
     for n in names:
         HEADS.get(n)
     opts = {n: dict(p) for n, p in entries}

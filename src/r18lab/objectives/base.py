@@ -109,6 +109,9 @@ class Objective:
 def resolve_heads(heads: str | list[str], available: list[str], who: str) -> list[str]:
     """`"all"` → every head; otherwise check every named head exists."""
     if heads == "all":
+        if not available:
+            raise ConfigError(f"{who}: the model has no head to train (model.heads is empty); "
+                              "add a head, e.g. model.heads=[main]")
         return list(available)
     names = [heads] if isinstance(heads, str) else list(heads)
     missing = [h for h in names if h not in available]
