@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from r18lab.analysis.cost import count_flops
+from r18lab.analysis.cost import count_flops, layer_macs, trace_layers
 from r18lab.bench import _sync, bare_train
 from r18lab.errors import ConfigError
 from r18lab.models.classifier import create_model
@@ -86,24 +86,11 @@ def flops_by_group(model: nn.Module, image: tuple[int, int, int] = IMAGE) -> dic
     `count_flops` (same convention: out·(in/groups)·k² per output position, in·out per linear)."""
     macs = {GROUPS[0]: 0, GROUPS[1]: 0, "linear": 0}
 
-    def conv_hook(m: nn.Conv2d, _inp, out: torch.Tensor) -> None:
-        k = m.kernel_size[0] * m.kernel_size[1]
-        macs[GROUPS[0] if m.groups > 1 else GROUPS[1]] += out.numel() // out.shape[0] * (m.in_channels // m.groups) * k
+    def visit(m: nn.Module, _inp, out: torch.Tensor) -> None:
+        group = "linear" if isinstance(m, nn.Linear) else GROUPS[0] if m.groups > 1 else GROUPS[1]
+        macs[group] += layer_macs(m, out)
 
-    def linear_hook(m: nn.Linear, _inp, out: torch.Tensor) -> None:
-        macs["linear"] += out.numel() // out.shape[0] * m.in_features
-
-    handles = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
-               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *image, device=next(model.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    trace_layers(model, image, visit)
     return macs
 
 

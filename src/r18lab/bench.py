@@ -51,22 +51,15 @@ def matmul_peak(device: torch.device, sizes: tuple[int, ...] = MATMUL_SIZES, rep
 
 def common_conv3x3(model: torch.nn.Module, image: tuple[int, int, int]) -> tuple[int, int, int, int, int, int]:
     """(in_channels, out_channels, H, W, stride, count) of the model's most frequent 3×3 convolution shape."""
+    from .analysis.cost import trace_layers
+
     shapes: Counter = Counter()
 
-    def hook(m: torch.nn.Conv2d, inp, _out) -> None:
-        if m.kernel_size == (3, 3) and m.groups == 1:
+    def visit(m: torch.nn.Module, inp, _out) -> None:
+        if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) and m.groups == 1:
             shapes[(m.in_channels, m.out_channels, *inp[0].shape[2:], m.stride[0])] += 1
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *image, device=next(model.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    trace_layers(model, image, visit)
     shape, count = shapes.most_common(1)[0]
     return (*shape, count)
 

@@ -1,6 +1,8 @@
 """Model cost: parameters per part and FLOPs counted as multiply-accumulates of conv and linear layers."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -24,27 +26,20 @@ def head_params(model: nn.Module) -> dict[str, int]:
     return out
 
 
+def layer_macs(module: nn.Module, out: torch.Tensor) -> int:
+    """MACs per image of one Conv2d (out·(in/groups)·k² per output position) or Linear (in·out) call."""
+    if isinstance(module, nn.Conv2d):
+        k = module.kernel_size[0] * module.kernel_size[1]
+        return out.numel() // out.shape[0] * (module.in_channels // module.groups) * k
+    return out.numel() // out.shape[0] * module.in_features
+
+
 @torch.no_grad()
-def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """MACs of every Conv2d (out·(in/groups)·k²·H'·W') and Linear (in·out) in one forward of one image
-    (the ResNet paper's "FLOPs" convention: ResNet-18 at 224² ≈ 1.8 G)."""
-    total = 0
-
-    def conv_hook(m: nn.Conv2d, _inp, out: torch.Tensor) -> None:
-        nonlocal total
-        k = m.kernel_size[0] * m.kernel_size[1]
-        total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * k
-
-    def linear_hook(m: nn.Linear, _inp, out: torch.Tensor) -> None:
-        nonlocal total
-        total += out.numel() // out.shape[0] * m.in_features
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
+def trace_layers(model: nn.Module, input_shape: tuple[int, ...],
+                 visit: Callable[[nn.Module, tuple, torch.Tensor], None]) -> None:
+    """One eval-mode forward of a zero image, calling `visit(module, inputs, output)` for every Conv2d and Linear;
+    the model's train/eval mode is restored."""
+    handles = [m.register_forward_hook(visit) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -54,4 +49,16 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         for h in handles:
             h.remove()
         model.train(was_training)
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """MACs of every Conv2d (out·(in/groups)·k²·H'·W') and Linear (in·out) in one forward of one image
+    (the ResNet paper's "FLOPs" convention: ResNet-18 at 224² ≈ 1.8 G)."""
+    total = 0
+
+    def visit(m: nn.Module, _inp, out: torch.Tensor) -> None:
+        nonlocal total
+        total += layer_macs(m, out)
+
+    trace_layers(model, input_shape, visit)
     return total

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..registry import BACKBONES
+from .init import he_init
 
 # (expansion t, output channels c, blocks n, first stride s) per stage group
 CIFAR_STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 1),
@@ -95,12 +96,7 @@ class MobileNetV2(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = last
         if not cifar:  # torchvision's initialisation; the CIFAR variant keeps PyTorch's defaults (weiaicunzai)
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
+            he_init(self)
 
     def forward_features(self, x: torch.Tensor, stages: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         maps = []

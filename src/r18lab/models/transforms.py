@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import TRANSFORMS
+from .init import he_init
 
 
 @TRANSFORMS.register("no_residual")
@@ -40,8 +41,7 @@ class GroupedConv(nn.Sequential):
         self.bn = nn.BatchNorm2d(cin)
         self.relu = nn.ReLU(inplace=True)
         self.pw = nn.Conv2d(cin, cout, 1, bias=False)
-        for conv in (self.gconv, self.pw):
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        he_init(self)
 
 
 def group_count(cin: int, groups: int | None, group_width: int | None, layer: str) -> int:

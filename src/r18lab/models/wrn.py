@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import BACKBONES
+from .init import he_init
 
 
 class PreActBlock(nn.Module):
@@ -80,12 +81,7 @@ class WideResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = cin
         self.stage_channels = planes
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def forward_features(self, x: torch.Tensor, stages: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.conv1(x)
