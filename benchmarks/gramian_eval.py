@@ -21,7 +21,6 @@ input) with dtype float32 and float64, forward alone and forward + backward, bes
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from datetime import date
@@ -31,7 +30,7 @@ import torch
 from torch import nn
 
 from r18lab.analysis.cost import count_flops, head_params
-from r18lab.bench import _sync, best_seconds
+from r18lab.bench import finish_benchmark, _sync, best_seconds
 from r18lab.errors import ConfigError
 from r18lab.models.classifier import create_model
 from r18lab.models.gramian import gram_vector, upper_triangle_index
@@ -158,16 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON")
     a = p.parse_args(argv)
-    try:
-        result = run(a.device, a.width, a.ga_dim, a.count, a.batch_size, a.batches, a.rounds, a.gram_batch,
-                     a.threads)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(format_table(result))
-    if a.json is not None:
-        a.json.write_text(json.dumps(result, indent=2))
-    return 0
+    return finish_benchmark(lambda: run(a.device, a.width, a.ga_dim, a.count, a.batch_size, a.batches, a.rounds, a.gram_batch,
+                                        a.threads), format_table, a.json)
 
 
 if __name__ == "__main__":

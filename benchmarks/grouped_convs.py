@@ -24,7 +24,6 @@ time on CUDA) is put in one of four groups by the convolution weight it touches:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from datetime import date
@@ -36,7 +35,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from r18lab.analysis.cost import count_flops, layer_macs, trace_layers
-from r18lab.bench import _sync, bare_train
+from r18lab.bench import finish_benchmark, _sync, bare_train
 from r18lab.errors import ConfigError
 from r18lab.models.classifier import create_model
 from r18lab.train.environment import pick_device, run_environment
@@ -236,15 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=8, help="ops listed per model (default 8)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON")
     a = p.parse_args(argv)
-    try:
-        result = run(a.device, a.steps, a.batch_size, a.width, a.threads, a.profile_steps, a.top, a.rounds)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(format_table(result))
-    if a.json is not None:
-        a.json.write_text(json.dumps(result, indent=2))
-    return 0
+    return finish_benchmark(lambda: run(a.device, a.steps, a.batch_size, a.width, a.threads, a.profile_steps, a.top, a.rounds), format_table, a.json)
 
 
 if __name__ == "__main__":

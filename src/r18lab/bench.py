@@ -238,3 +238,21 @@ def _explain(train_frac: float, conv_frac: float, direct_frac: float) -> str:
 def _records(path: Path) -> list[dict]:
     from .results.metrics import read_metrics
     return [r for r in read_metrics(path) if "train/images_per_s" in r]
+
+
+def finish_benchmark(compute: Callable[[], dict], render: Callable[[dict], str], json_path: Path | None) -> int:
+    """A benchmark script's ending: run it, print its table, write its JSON; a bad option is one line, exit 2."""
+    import json
+    import sys
+
+    from .errors import ConfigError
+
+    try:
+        result = compute()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(render(result))
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(result, indent=2))
+    return 0
