@@ -277,3 +277,14 @@ def test_bad_model_options_exit_2_with_one_line(args, message, capsys):
     assert main(["models", "info", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_models_tables_reproduces_all_108_models_beside_the_printed_values(capsys, tmp_path):
+    assert main(["models", "tables", "paper003", "--json", "--csv", str(tmp_path / "t.csv")]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(out[out.index("["):])
+    assert len(rows) == 108 and all(r["params_match"] and r["flops_match"] for r in rows)
+    assert {(r["family"], r["kind"], r["variant"]): r["params"] for r in rows} == EXACT_PARAMS
+    assert (tmp_path / "t.csv").read_text().count("\n") == 109
+    assert main(["models", "tables", "paper999"]) == 2
+    assert capsys.readouterr().err == "error: no published cost tables named 'paper999'; choose one of: paper003\n"

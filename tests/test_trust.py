@@ -458,3 +458,20 @@ def test_analysis_and_predict_do_not_import_the_training_engine():
             "sys.exit(int('r18lab.train.engine' in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=120).returncode == 0
+
+
+def test_a_start_that_failed_before_training_can_simply_be_tried_again(tmp_path, capsys):
+    """A bad teacher is found after config.json/splits.json are written: re-running with a fixed config into the
+    same folder needs no --overwrite (nothing trained was there); a folder with results still refuses."""
+    teacher = tmp_path / "teacher"
+    assert main(["train", *tiny("data.options={num_classes: 3, image_size: 8, n: 64}"), "--out", str(teacher)]) == 0
+    out = tmp_path / "student"
+    bad = f"objective=[ce, {{name: kd, teacher: {teacher / 'model.safetensors'}}}]"
+    assert main(["train", *tiny(bad), "--out", str(out)]) == 2
+    assert (out / "config.json").exists() and not (out / "metrics.jsonl").exists()
+    capsys.readouterr()
+    assert main(["train", *tiny(), "--out", str(out)]) == 0
+    assert (out / "model.safetensors").exists()
+    capsys.readouterr()
+    assert main(["train", *tiny(), "--out", str(out)]) == 1  # now it holds a finished run
+    assert "holds a finished run" in capsys.readouterr().err

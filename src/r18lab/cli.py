@@ -246,6 +246,8 @@ def cmd_models(a: argparse.Namespace) -> int:
     from .config import build_config, parse_overrides
     from .train.engine import build_from_spec, model_spec
 
+    if a.action == "tables":
+        return _models_tables(a)
     tree = parse_overrides(a.overrides)
     num_classes = tree.pop("num_classes", 10)
     image_size = tree.pop("image_size", None)
@@ -271,6 +273,32 @@ def cmd_models(a: argparse.Namespace) -> int:
     else:
         for k, v in info.items():
             print(f"{k}: {v:,}" if isinstance(v, int) else f"{k}: {v}")
+    return 0
+
+
+#: published cost tables `r18lab models tables NAME` reproduces: name → rows of ours beside the paper's
+PAPER_COST_TABLES = {"paper003": "r18lab.reference.p003_costs"}
+
+
+def _models_tables(a: argparse.Namespace) -> int:
+    """Every model of a paper's cost tables counted exactly, beside the printed values (markdown, --json, --csv)."""
+    import importlib
+
+    from .results.tables import to_csv, to_markdown
+
+    if a.name not in PAPER_COST_TABLES:
+        raise ConfigError(f"no published cost tables named {a.name!r}; choose one of: {', '.join(PAPER_COST_TABLES)}")
+    if a.overrides:
+        raise ConfigError(f"models tables takes no overrides, got {' '.join(a.overrides)}")
+    rows = importlib.import_module(PAPER_COST_TABLES[a.name]).reproduce_tables()
+    if a.csv:
+        print(f"csv: {to_csv(rows, a.csv)}")
+    if a.json:
+        _print_json(rows)
+    else:
+        print(to_markdown(rows, floatfmt=".0f"))
+        print(f"{sum(r['params_match'] and r['flops_match'] for r in rows)} of {len(rows)} models match the paper's "
+              "printed parameters and FLOPs (multiply-accumulates of conv and linear layers)")
     return 0
 
 
@@ -379,10 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true")
 
     m = sub.add_parser("models", help="parameters and FLOPs of a configured model")
-    m.add_argument("action", choices=["info"])
+    m.add_argument("action", choices=["info", "tables"], help="info NAME: one model; tables paper003: a paper's "
+                   "cost tables reproduced")
     m.add_argument("name")
     m.add_argument("overrides", nargs="*", help="num_classes=10 stem=imagenet heads=[main,fr] fr_dim=64 ...")
     m.add_argument("--json", action="store_true")
+    m.add_argument("--csv", help="tables: also write them as CSV")
 
     from .analysis.commands import ANALYSES  # the registered analyses are the choices
     an = sub.add_parser("analyze", help="analyses of trained weights",

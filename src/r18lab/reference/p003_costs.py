@@ -94,3 +94,27 @@ def paper_comparison(key: tuple[str, str, str], params: int, flops: int) -> dict
             "variant": key[2], "params_printed": PRINTED_PARAMS[key], "flops_printed": PRINTED_FLOPS[key],
             "params_match": matches_printed(params, PRINTED_PARAMS[key]),
             "flops_match": matches_printed(flops, PRINTED_FLOPS[key])}
+
+
+def reproduce_tables() -> list[dict]:
+    """One row per model of Tables 8/9 (6 families × {R, NR} × 9 variants): our exact counts (built on the meta
+    device), the paper's printed millions, and whether they round to them."""
+    import torch
+
+    from ..analysis.cost import count_flops, count_params
+    from ..models.classifier import create_model
+
+    rows = []
+    for family in FAMILIES:
+        for kind in ("R", "NR"):
+            for variant in VARIANTS:
+                with torch.device("meta"):
+                    model = create_model(family, num_classes=NUM_CLASSES, stem="cifar",
+                                         transforms=variant_transforms(variant, kind == "R"))
+                params, flops = count_params(model), count_flops(model, (3, 32, 32))
+                key = (family, kind, variant)
+                rows.append({"family": family, "kind": kind, "variant": variant, "params": params,
+                             "params_printed_M": PRINTED_PARAMS[key], "params_match": matches_printed(params, PRINTED_PARAMS[key]),
+                             "flops": flops, "flops_printed_M": PRINTED_FLOPS[key],
+                             "flops_match": matches_printed(flops, PRINTED_FLOPS[key])})
+    return rows

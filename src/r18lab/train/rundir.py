@@ -26,10 +26,16 @@ class RunState:
     status: str | None
     epoch: int
     accuracy: float | None = None
+    trained: bool = False  # any result written (metrics, summary, weights, a checkpoint)
 
     @property
     def empty(self) -> bool:
         return self.config is None and self.status is None and self.epoch == 0
+
+    @property
+    def holds_results(self) -> bool:
+        """False for a folder whose start failed before its first result (only config.json / splits.json)."""
+        return self.trained or self.status is not None or self.epoch > 0
 
 
 def _read_json(path: Path) -> Any:
@@ -48,8 +54,9 @@ def inspect(out: Path) -> RunState:
     summary = _read_json(out / "summary.json") or {}
     state = _read_json(out / CHECKPOINT_DIR / "state.json") or {}
     acc = (summary.get("final") or {}).get("eval/main/acc") if isinstance(summary, dict) else None
+    trained = any((out / name).exists() for name in ("metrics.jsonl", "summary.json", "model.safetensors"))
     return RunState(cfg if isinstance(cfg, dict) else None, summary.get("status") if isinstance(summary, dict) else None,
-                    int(state.get("epoch", 0)) if isinstance(state, dict) else 0, acc)
+                    int(state.get("epoch", 0)) if isinstance(state, dict) else 0, acc, trained)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -72,8 +79,8 @@ def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]
 def check_may_write(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> RunState:
     """Refuse, with one line and before writing anything, a command that would destroy or corrupt a run."""
     state = inspect(out)
-    if state.empty or overwrite:
-        return state
+    if state.empty or overwrite or (not resume and not state.holds_results):
+        return state  # a start that failed before any result (e.g. a bad teacher) may simply be tried again
     if resume:
         if state.config is not None:
             diff = config_differences(state.config, config)
