@@ -259,6 +259,12 @@ def test_claims_computed_from_constructed_numbers():
                tacc={"G4": {0: 75.0}})
     status = {c["id"]: c["status"] for c in rep.claims([rep.FamilyGrids("f", (bad,), 18, "r")])}
     assert status["C1"] == status["C3"] == status["C4"] == status["C6"] == rep.NOT_HELD
+    # T1 as measured: KD − NR +0.29 on average but −2.0 at one seed → the direction holds, a paired CI spans 0
+    noisy = grid({("G4", "g8"): {0: 38.48, 1: 37.92, 2: 39.26}}, {"g8": {0: 45.6, 1: 45.3, 2: 44.74}},
+                 {"g8": {0: 37.59, 1: 39.9, 2: 37.29}})
+    c = {c["id"]: c for c in rep.claims([rep.FamilyGrids("f", (noisy,), 18, "r")])}
+    assert c["C3"]["status"] == rep.DIRECTION_ONLY and "paired 95 % CI above 0 in 0/1" in c["C3"]["evidence"]
+    assert c["C1"]["status"] == rep.HELD and "paired 95 % CI above 0 in 1/1" in c["C1"]["evidence"]
     # T2-like trend: gain(g16) − gain(g2) > 0 on average but not at seed 1 → C7 not held; both seeds → held
     def trend(kd16_seed1: float) -> str:
         g2 = grid({("G4", "g2"): {0: 70.0, 1: 70.0}, ("G4", "g16"): {0: 72.0, 1: kd16_seed1}},

@@ -18,6 +18,7 @@ NAN = float("nan")
 Values = Mapping[int, float]  # seed → accuracy (%)
 
 HELD, NOT_HELD, NOT_MEASURED = "held", "not held", "not measured"
+DIRECTION_ONLY = "direction only (CI spans 0)"  # the means agree with the claim, a paired 95 % CI does not exclude 0
 HALF_TITLES = {"g": "constant-g students (the paper's left halves)",
                "G": "constant-G students (the paper's right halves)", "std": "standard-conv students"}
 
@@ -229,6 +230,18 @@ def _status(measured: bool, ok: bool) -> str:
     return NOT_MEASURED if not measured else HELD if ok else NOT_HELD
 
 
+def _significant(status: str, pairs: Sequence[tuple[Mapping[int, float], Mapping[int, float]]]) -> tuple[str, str]:
+    """Downgrade `held` to DIRECTION_ONLY when a cell with ≥ 2 paired seeds has a 95 % CI of a − b reaching 0."""
+    tested = [(a, b) for a, b in pairs if len(set(a) & set(b)) >= 2]
+    spans = 0
+    for a, b in tested:
+        seeds = sorted(set(a) & set(b))
+        _, lo, _, _, _ = paired_t([a[k] for k in seeds], [b[k] for k in seeds])
+        spans += not lo > 0
+    note = f"; paired 95 % CI above 0 in {len(tested) - spans}/{len(tested)}" if tested else ""
+    return (DIRECTION_ONLY if status == HELD and spans else status), note
+
+
 def _c1(fams: Sequence[FamilyGrids]) -> tuple[str, str]:
     drops = [(g.family, d["student"], d["acc_drop"]) for f in fams for g in f.grids for d in derived(g)
              if not math.isnan(d["acc_drop"])]
@@ -238,7 +251,10 @@ def _c1(fams: Sequence[FamilyGrids]) -> tuple[str, str]:
     ev = (f"{pos}/{len(drops)} students with mean drop > 0"
           + (f" (min {min(x for *_, x in drops):+.2f}); per seed {sum(x > 0 for x in seeds)}/{len(seeds)}"
              if drops else ""))
-    return _status(bool(drops), pos == len(drops)), ev
+    status, note = _significant(_status(bool(drops), pos == len(drops)),
+                                [(g.baseline.get(s, {}), g.nr.get(s, {})) for f in fams for g in f.grids
+                                 for s in g.students])
+    return status, ev + note
 
 
 def _family_drop(f: FamilyGrids) -> float:
@@ -268,7 +284,9 @@ def _c3(fams: Sequence[FamilyGrids]) -> tuple[str, str]:
     fam, t, s = r["at"]
     ev = (f"{r['above']}/{r['cells']} cells KD > NR-baseline (smallest margin {r['min_margin']:+.2f}, {fam} "
           f"NR-{s} ← R-{t}); per seed {sum(x > 0 for x in seeds)}/{len(seeds)}")
-    return _status(True, r["above"] == r["cells"]), ev
+    status, note = _significant(_status(True, r["above"] == r["cells"]),
+                                [(v, g.nr.get(s, {})) for g in grids for (t, s), v in g.kd.items()])
+    return status, ev + note
 
 
 def _reaches(grid: Grid, row: dict[str, Any]) -> bool:
