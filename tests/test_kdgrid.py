@@ -265,6 +265,10 @@ def test_claims_computed_from_constructed_numbers():
     c = {c["id"]: c for c in rep.claims([rep.FamilyGrids("f", (noisy,), 18, "r")])}
     assert c["C3"]["status"] == rep.DIRECTION_ONLY and "paired 95 % CI above 0 in 0/1" in c["C3"]["evidence"]
     assert c["C1"]["status"] == rep.HELD and "paired 95 % CI above 0 in 1/1" in c["C1"]["evidence"]
+    assert c["C4"]["status"] == rep.NOT_HELD  # KD − R about −6.7 at every seed: the CI excludes 0
+    wide = grid({("G4", "g2"): {0: 33.6, 1: 32.2}}, {"g2": {0: 42.2, 1: 39.3}}, {"g2": {0: 30.0, 1: 35.8}})
+    c = {c["id"]: c for c in rep.claims([rep.FamilyGrids("f", (wide,), 18, "r")])}
+    assert c["C4"]["status"] == rep.NOT_REFUTED  # mean gain −7.85, but 2 seeds give a CI up to +1.7
     # T2-like trend: gain(g16) − gain(g2) > 0 on average but not at seed 1 → C7 not held; both seeds → held
     def trend(kd16_seed1: float) -> str:
         g2 = grid({("G4", "g2"): {0: 70.0, 1: 70.0}, ("G4", "g16"): {0: 72.0, 1: kd16_seed1}},
