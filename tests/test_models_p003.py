@@ -195,15 +195,16 @@ def test_wrn_block_is_pre_activation_with_a_projection_on_the_activated_input():
     x = torch.randn(2, 16, 8, 8)
     block = m.layer2[0]  # 16 → 32, stride 2: shortcut = 1×1 conv (no BN) on relu(bn1(x))
     act = torch.relu(block.bn1(x))
-    expected = block.conv2(torch.relu(block.bn2(block.conv1(act)))) + block.shortcut(act)
-    assert torch.allclose(block(x), expected) and block.shortcut.kernel_size == (1, 1)
+    residual_branch = block.conv2(torch.relu(block.bn2(block.conv1(act))))
+    expected = residual_branch + block.shortcut(act)
+    assert torch.allclose(block(x), expected, atol=1e-6) and block.shortcut.kernel_size == (1, 1)
     same = m.layer1[0]  # 16 → 16: identity on the raw x
     inner = same.conv2(torch.relu(same.bn2(same.conv1(torch.relu(same.bn1(x))))))
-    assert same.shortcut is None and torch.allclose(same(x), inner + x)
+    assert same.shortcut is None and torch.allclose(same(x), inner + x, atol=1e-6)
     plain = r18lab.create_model("wrn16_1", num_classes=10, dropout=0.0, transforms=["no_residual"]).eval()
     plain.load_state_dict({k: v for k, v in m.state_dict().items() if "shortcut" not in k})
-    assert torch.allclose(plain.layer2[0](x), expected - block.shortcut(act))  # pre-activation kept, no add
-    assert torch.allclose(plain.layer1[0](x), inner)
+    assert torch.allclose(plain.layer2[0](x), residual_branch, atol=1e-6)  # pre-activation kept, no add
+    assert torch.allclose(plain.layer1[0](x), inner, atol=1e-6)
 
 
 def test_mobilenet_v2_cifar_has_ten_additions_and_no_projections():
