@@ -168,7 +168,7 @@ def test_without_until_epoch_kd_applies_every_epoch_and_tags_still_apply():
 
 
 def test_until_epoch_without_an_epoch_is_refused():
-    with pytest.raises(ConfigError, match="until_epoch needs the batch's epoch"):
+    with pytest.raises(ConfigError, match="from_epoch/until_epoch need the batch's epoch"):
         kd_of(until_epoch=1)(out(), batch(None))
 
 
@@ -231,3 +231,24 @@ def test_teacher_with_other_class_count_is_a_one_line_config_error(teacher, tmp_
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert "teacher has 4 classes" in lines[0] and "this data has 3" in lines[0] and "set teacher=" in lines[0]
+
+
+def test_epoch_windows_are_generic_and_switch_ce_to_full_weight_after_kd(tmp_path):
+    """Any objective takes from_epoch/until_epoch: T5's [ce·0.1 until 2, kd until 2, ce·1 from 2] gives the mix in
+    epochs 0–1 and plain CE from epoch 2 (a window outside [from, until) yields zeros, nothing computed)."""
+    from r18lab.objectives.base import build_objectives
+    early, late = build_objectives([{"name": "ce", "weight": 0.1, "until_epoch": 2},
+                                    {"name": "ce", "tag": "late", "from_epoch": 2}], context())
+    z, y = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]]), torch.tensor([0, 2])
+    o = SimpleNamespace(logits={"main": z}, features=torch.zeros(2, 4))
+    full = torch.nn.functional.cross_entropy(z, y)
+    at = {e: {**early(o, Batch(z, y, epoch=e)), **late(o, Batch(z, y, epoch=e))} for e in (0, 1, 2, 5)}
+    assert all(set(t) == {"ce/main", "ce:late/main"} for t in at.values())
+    for e in (0, 1):
+        assert torch.allclose(at[e]["ce/main"], 0.1 * full) and at[e]["ce:late/main"].item() == 0.0
+    for e in (2, 5):
+        assert at[e]["ce/main"].item() == 0.0 and torch.allclose(at[e]["ce:late/main"], full)
+    with pytest.raises(ConfigError, match="from_epoch 3 ≥ until_epoch 3 leaves no epoch"):
+        build_objectives([{"name": "ce", "from_epoch": 3, "until_epoch": 3}], context())
+    with pytest.raises(ConfigError, match="from_epoch must be an integer ≥ 0"):
+        build_objectives([{"name": "ce", "from_epoch": -1}], context())

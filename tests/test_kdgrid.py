@@ -99,9 +99,11 @@ def test_per_role_epochs_per_epoch_decay_kd_options_and_families():
         assert s.config["schedule"]["milestones"] == list(range(1, epochs))
         assert s.config["model"]["width"] == (0.125 if s.tags["family"] == "b" else 0.0625)
     kd = of([s for s in specs if s.tags["family"] == "a"], "NR-g8_from_R-G4")
-    assert kd.config["objective"][0] == {"name": "ce", "weight": 0.5}
+    # T5's form: the CE/KD mix for the first 2 epochs, then CE alone at full weight (not 1 − α)
+    assert kd.config["objective"][0] == {"name": "ce", "weight": 0.5, "until_epoch": 2}
     assert {k: v for k, v in kd.config["objective"][1].items() if k != "teacher"} == {
         "name": "kd", "weight": 0.5, "temperature": 2.0, "until_epoch": 2}
+    assert kd.config["objective"][2] == {"name": "ce", "tag": "after_kd", "from_epoch": 2}
     _, _, specs, _ = planned({"students": ["g8"], "teachers": ["G4"], "kd": {"form": "moonshine"}})
     ce, kd = of(specs, "NR-g8_from_R-G4").config["objective"]  # AT/Moonshine: (1 − α)·CE + 2α·T²·KL/C (§8.2)
     assert ce == {"name": "ce", "weight": 0.1} and (kd["weight"], kd["reduction"]) == (1.8, "elementwise_mean")

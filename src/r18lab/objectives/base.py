@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # only for annotations: objectives need no model code at impo
     from ..models.io import LoadedModel, Preprocessing
 
 #: parameters every objective accepts, handled by `build_objective` rather than by the objective's class
-GENERIC_PARAMS = ("tag",)
+GENERIC_PARAMS = ("tag", "from_epoch", "until_epoch")  # accepted by every objective
 _TAG = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
@@ -80,6 +80,9 @@ class Objective:
     do not override `__call__`, so the tag is applied in one place."""
 
     tag: str | None = None
+    name: str = "objective"
+    from_epoch: int | None = None  # the terms apply while from_epoch ≤ epoch < until_epoch (0-based), else 0
+    until_epoch: int | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -101,7 +104,20 @@ class Objective:
         """The names this objective logs, tag applied."""
         return [tag_term(t, self.tag) for t in self.term_names()]
 
+    def active(self, epoch: int | None) -> bool:
+        """Whether the terms apply in (0-based) `epoch`: from_epoch ≤ epoch < until_epoch, each bound optional."""
+        if self.from_epoch is None and self.until_epoch is None:
+            return True
+        if epoch is None:
+            raise ConfigError(f"objective {self.name}: from_epoch/until_epoch need the batch's epoch but Batch.epoch "
+                              "is None; build the batch with Batch(x, y, epoch=EPOCH) (the engine does)")
+        return (self.from_epoch or 0) <= epoch and (self.until_epoch is None or epoch < self.until_epoch)
+
     def __call__(self, out, batch: Batch) -> dict[str, torch.Tensor]:
+        if not self.active(batch.epoch):  # nothing computed (no teacher forward); constant zeros keep the log stable
+            ref = getattr(out, "features", None)
+            zero = (ref if ref is not None else next(iter(out.logits.values()))).new_zeros(())
+            return {t: zero for t in self.terms}
         terms = self.compute(out, batch)
         return terms if not self.tag else {tag_term(k, self.tag): v for k, v in terms.items()}
 
@@ -133,8 +149,22 @@ def build_objective(name: str, params: dict[str, Any], ctx: ObjectiveContext) ->
     if tag is not None and (not isinstance(tag, str) or not _TAG.fullmatch(tag)):
         raise ConfigError(f"objective {name}: tag must be a short name of letters, digits, '_', '.' or '-' "
                           f"(e.g. tag: t2), got {tag!r}")
+    window = {k: params.pop(k) for k in ("from_epoch", "until_epoch") if params.get(k) is not None}
+    params.pop("from_epoch", None), params.pop("until_epoch", None)
+    for key, low in (("from_epoch", 0), ("until_epoch", 1)):
+        v = window.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ConfigError(f"objective {name}: {key} must be an integer ≥ {low} (the term applies while "
+                              f"from_epoch ≤ epoch < until_epoch, 0-based) or null, got {v!r}; e.g. until_epoch: 20")
+    if len(window) == 2 and window["from_epoch"] >= window["until_epoch"]:
+        raise ConfigError(f"objective {name}: from_epoch {window['from_epoch']} ≥ until_epoch "
+                          f"{window['until_epoch']} leaves no epoch; make from_epoch smaller")
     obj = cls(ctx, **params)
-    obj.tag = tag
+    obj.tag, obj.name = tag, name
+    obj.from_epoch, obj.until_epoch = window.get("from_epoch"), window.get("until_epoch")
+    if window and not obj.terms:
+        raise ConfigError(f"objective {name} cannot take from_epoch/until_epoch: its terms are known only when first "
+                          "computed; drop the epoch window")
     return obj
 
 

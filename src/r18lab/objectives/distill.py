@@ -98,24 +98,20 @@ class KnowledgeDistillation(Objective):
     `[{name: ce, weight: 1 − α}, {name: kd, weight: 2α, reduction: elementwise_mean, temperature: T}]`,
     e.g. α = 0.9, T = 4: ce weight 0.1, kd weight 1.8 (an effective 2αT²/C on the KL instead of αT²).
 
-    `until_epoch` = N applies KD during the first N epochs only (0-based `Batch.epoch` < N); afterwards the
-    term `kd` is a constant 0 and the teacher is not run (spec 003 T5, "KD for only the first 20 % of epochs,
-    then CE"). None (default): every epoch."""
+    The generic `until_epoch` = N of every objective applies KD during the first N epochs only (0-based epoch
+    < N); afterwards the term `kd` is a constant 0 and the teacher is not run (spec 003 T5, "KD for only the
+    first 20 % of epochs, then CE": pair it with `{name: ce, from_epoch: N, tag: late}` so CE gets full weight)."""
 
     def __init__(self, ctx: ObjectiveContext, teacher: str | None = None, teacher_head: str = "main",
                  head: str = "main", temperature: float = 4.0, weight: float = 0.9,
-                 reduction: str = "batchmean", until_epoch: int | None = None) -> None:
+                 reduction: str = "batchmean") -> None:
         if not teacher:
             raise ConfigError("objective kd needs a teacher: set teacher=PATH/model.safetensors, "
                               "or per entry objective=[ce, {name: kd, teacher: PATH}]")
         if reduction not in KD_REDUCTIONS:
             raise ConfigError(f"objective kd: unknown reduction {reduction!r}; choose one of "
                               f"{', '.join(KD_REDUCTIONS)}")
-        if until_epoch is not None and (isinstance(until_epoch, bool) or not isinstance(until_epoch, int)
-                                        or until_epoch < 1):
-            raise ConfigError(f"objective kd: until_epoch must be an integer ≥ 1 (KD during the first N epochs) "
-                              f"or null (every epoch), got {until_epoch!r}; e.g. until_epoch: 20")
-        self.reduction, self.until_epoch = reduction, until_epoch
+        self.reduction = reduction
         self._kd = KD_REDUCTIONS[reduction]
         if not isinstance(teacher, (str, Path)):
             raise ConfigError(f"objective kd takes one teacher path, got {teacher!r}; for several teachers use one "
@@ -172,19 +168,8 @@ class KnowledgeDistillation(Objective):
             return self.teacher(renormalize(x, self.student_preprocessing, self.teacher_preprocessing)
                                 ).logits[self.teacher_head]
 
-    def active(self, epoch: int | None) -> bool:
-        """Whether KD applies in (0-based) `epoch`: always without `until_epoch`, else while epoch < until_epoch."""
-        if self.until_epoch is None:
-            return True
-        if epoch is None:
-            raise ConfigError("objective kd: until_epoch needs the batch's epoch but Batch.epoch is None; "
-                              "build the batch with Batch(x, y, epoch=EPOCH) (the engine does)")
-        return epoch < self.until_epoch
-
     def compute(self, out, batch: Batch) -> dict[str, torch.Tensor]:
         z = out.logits[self.head]
-        if not self.active(batch.epoch):  # no teacher forward: a constant 0 keeps the logged terms stable
-            return {"kd": torch.zeros((), device=z.device)}
         return {"kd": self.weight * self._kd(z, self.teacher_logits(batch.x), self.temperature)}
 
 

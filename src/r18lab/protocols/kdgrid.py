@@ -232,9 +232,15 @@ class Cell:
 
 
 def kd_objective(kd: KDOptions) -> list[dict[str, Any]]:
-    """[ce, kd] entries of the KD loss form at (T, α) (`KD_FORMS`, specs/003 §2, §8.2); extra kd options passed."""
+    """[ce, kd] entries of the KD loss form at (T, α) (`KD_FORMS`, specs/003 §2, §8.2); extra kd options passed.
+    With `until_epoch` N (T5) the mix applies for the first N epochs, then CE alone at weight 1."""
     ce, term = KD_FORMS[kd.form](kd.alpha)
-    return [{"name": "ce", **ce}, {"name": "kd", **term, "temperature": kd.temperature, **(kd.model_extra or {})}]
+    extra = dict(kd.model_extra or {})
+    entries = [{"name": "ce", **ce}, {"name": "kd", **term, "temperature": kd.temperature, **extra}]
+    if extra.get("until_epoch") is not None:
+        entries[0]["until_epoch"] = extra["until_epoch"]
+        entries.append({"name": "ce", "tag": "after_kd", "from_epoch": extra["until_epoch"]})
+    return entries
 
 
 def run_tree(fam: Family, variant: Variant, residual: bool, seed: int, objective: list,
