@@ -12,6 +12,7 @@ from r18lab.cli import main
 from r18lab.config import build_config, parse_overrides, resolve_tree
 from r18lab.errors import ConfigError
 from r18lab.protocols import kdgrid, runner
+from r18lab.protocols import kdgrid_claims as cl
 from r18lab.protocols import kdgrid_report as rep
 from r18lab.protocols.runner import dependency_waves
 from r18lab.reference import p003_accuracy as ref
@@ -231,9 +232,9 @@ def test_the_paper_summary_facts():
 
 
 def test_claims_on_the_paper_numbers_all_hold_and_the_grid_table_has_the_paper_shape():
-    table = rep.claims(paper_families())
+    table = cl.claims(paper_families())
     assert [c["id"] for c in table] == [f"C{k}" for k in range(1, 10)]
-    assert {c["id"]: c["status"] for c in table} == {f"C{k}": rep.HELD for k in range(1, 10)}
+    assert {c["id"]: c["status"] for c in table} == {f"C{k}": cl.HELD for k in range(1, 10)}
     ev = {c["id"]: c["evidence"] for c in table}
     assert "216/216" in ev["C3"] and "+0.37" in ev["C3"] and "16/24" in ev["C4"]
     assert "wrn22_2 (depth 22) 3.76 → wrn28_2 (depth 28) 7.23 → wrn40_2 (depth 40) 26.00" in ev["C2"]
@@ -253,40 +254,40 @@ def test_claims_computed_from_constructed_numbers():
     # T1-like: three seeds; KD above NR and near R
     g = grid({("G4", "g8"): {0: 70.0, 1: 71.0, 2: 70.5}}, {"g8": {0: 70.5, 1: 70.6, 2: 70.4}},
              {"g8": {0: 68.0, 1: 68.5, 2: 68.2}}, tacc={"G4": {0: 69.0}})
-    ok = {c["id"]: c["status"] for c in rep.claims([rep.FamilyGrids("f", (g,), 18, "r")])}
-    assert ok["C1"] == ok["C3"] == ok["C4"] == ok["C6"] == rep.HELD
-    assert ok["C2"] == ok["C5"] == ok["C7"] == ok["C8"] == ok["C9"] == rep.NOT_MEASURED
+    ok = {c["id"]: c["status"] for c in cl.claims([rep.FamilyGrids("f", (g,), 18, "r")])}
+    assert ok["C1"] == ok["C3"] == ok["C4"] == ok["C6"] == cl.HELD
+    assert ok["C2"] == ok["C5"] == ok["C7"] == ok["C8"] == ok["C9"] == cl.NOT_MEASURED
     # KD below NR in one cell, NR above R: C1 and C3 must fail; KD far below R in a shallow net: C4 fails
     bad = grid({("G4", "g8"): {0: 60.0, 1: 61.0}}, {"g8": {0: 70.0, 1: 70.2}}, {"g8": {0: 71.0, 1: 71.0}},
                tacc={"G4": {0: 75.0}})
-    status = {c["id"]: c["status"] for c in rep.claims([rep.FamilyGrids("f", (bad,), 18, "r")])}
-    assert status["C1"] == status["C3"] == status["C4"] == status["C6"] == rep.NOT_HELD
+    status = {c["id"]: c["status"] for c in cl.claims([rep.FamilyGrids("f", (bad,), 18, "r")])}
+    assert status["C1"] == status["C3"] == status["C4"] == status["C6"] == cl.NOT_HELD
     # T1 as measured: KD − NR +0.29 on average but −2.0 at one seed → the direction holds, a paired CI spans 0
     noisy = grid({("G4", "g8"): {0: 38.48, 1: 37.92, 2: 39.26}}, {"g8": {0: 45.6, 1: 45.3, 2: 44.74}},
                  {"g8": {0: 37.59, 1: 39.9, 2: 37.29}})
-    c = {c["id"]: c for c in rep.claims([rep.FamilyGrids("f", (noisy,), 18, "r")])}
-    assert c["C3"]["status"] == rep.DIRECTION_ONLY and "paired 95 % CI above 0 in 0/1" in c["C3"]["evidence"]
-    assert c["C1"]["status"] == rep.HELD and "paired 95 % CI above 0 in 1/1" in c["C1"]["evidence"]
-    assert c["C4"]["status"] == rep.NOT_HELD  # KD − R about −6.7 at every seed: the CI excludes 0
+    c = {c["id"]: c for c in cl.claims([rep.FamilyGrids("f", (noisy,), 18, "r")])}
+    assert c["C3"]["status"] == cl.DIRECTION_ONLY and "paired 95 % CI above 0 in 0/1" in c["C3"]["evidence"]
+    assert c["C1"]["status"] == cl.HELD and "paired 95 % CI above 0 in 1/1" in c["C1"]["evidence"]
+    assert c["C4"]["status"] == cl.NOT_HELD  # KD − R about −6.7 at every seed: the CI excludes 0
     wide = grid({("G4", "g2"): {0: 33.6, 1: 32.2}}, {"g2": {0: 42.2, 1: 39.3}}, {"g2": {0: 30.0, 1: 35.8}})
-    c = {c["id"]: c for c in rep.claims([rep.FamilyGrids("f", (wide,), 18, "r")])}
-    assert c["C4"]["status"] == rep.NOT_REFUTED  # mean gain −7.85, but 2 seeds give a CI up to +1.7
+    c = {c["id"]: c for c in cl.claims([rep.FamilyGrids("f", (wide,), 18, "r")])}
+    assert c["C4"]["status"] == cl.NOT_REFUTED  # mean gain −7.85, but 2 seeds give a CI up to +1.7
     # T2-like trend: gain(g16) − gain(g2) > 0 on average but not at seed 1 → C7 not held; both seeds → held
     def trend(kd16_seed1: float) -> str:
         g2 = grid({("G4", "g2"): {0: 70.0, 1: 70.0}, ("G4", "g16"): {0: 72.0, 1: kd16_seed1}},
                   {"g2": {0: 71.0, 1: 71.0}, "g16": {0: 70.0, 1: 70.0}}, {"g2": {0: 65.0, 1: 65.0},
                                                                       "g16": {0: 67.0, 1: 67.0}})
-        return {c["id"]: c["status"] for c in rep.claims([rep.FamilyGrids("f", (g2,), 18, "r")])}["C7"]
-    assert trend(71.0) == rep.HELD and trend(68.0) == rep.NOT_HELD
+        return {c["id"]: c["status"] for c in cl.claims([rep.FamilyGrids("f", (g2,), 18, "r")])}["C7"]
+    assert trend(71.0) == cl.HELD and trend(68.0) == cl.NOT_HELD
     # depth: drop and ρ computed per family; deeper with a smaller drop → C2 not held
     def fam(name, depth, r, nr, kd):
         return rep.FamilyGrids(name, (grid({("std", "std"): {0: kd}}, {"std": {0: r}}, {"std": {0: nr}},
                                            kind="std"),), depth, "wrn×1")
-    deep_ok = rep.claims([fam("w16", 16, 70, 68, 69.5), fam("w40", 40, 70, 50, 60)])
-    assert {c["id"]: c["status"] for c in deep_ok}["C2"] == rep.HELD
-    assert {c["id"]: c["status"] for c in deep_ok}["C5"] == rep.HELD  # gain < 0, ρ 0.5 < 0.75
-    flipped = {c["id"]: c["status"] for c in rep.claims([fam("w16", 16, 70, 50, 60), fam("w40", 40, 70, 68, 71)])}
-    assert flipped["C2"] == flipped["C5"] == rep.NOT_HELD
+    deep_ok = cl.claims([fam("w16", 16, 70, 68, 69.5), fam("w40", 40, 70, 50, 60)])
+    assert {c["id"]: c["status"] for c in deep_ok}["C2"] == cl.HELD
+    assert {c["id"]: c["status"] for c in deep_ok}["C5"] == cl.HELD  # gain < 0, ρ 0.5 < 0.75
+    flipped = {c["id"]: c["status"] for c in cl.claims([fam("w16", 16, 70, 50, 60), fam("w40", 40, 70, 68, 71)])}
+    assert flipped["C2"] == flipped["C5"] == cl.NOT_HELD
 
 
 def test_networks_near_chance_are_flagged():
@@ -350,7 +351,7 @@ def test_cli_runs_the_grid_writes_the_report_and_resumes(e2e, capsys, monkeypatc
     assert Counter(r["role"] for r in runs) == {"teacher": 2, "R": 2, "NR": 2, "KD": 4}
     assert all(r["best_acc"] != "" for r in runs)  # evaluated every epoch: the best epoch is recorded
     claims = {r["id"]: r["status"] for r in csv.DictReader((out / "claims.csv").open())}
-    assert set(claims) == {f"C{k}" for k in range(1, 10)} and claims["C5"] == rep.NOT_MEASURED
+    assert set(claims) == {f"C{k}" for k in range(1, 10)} and claims["C5"] == cl.NOT_MEASURED
     tests = list(csv.DictReader((out / "tests.csv").open()))
     assert {(t["teacher"], t["comparison"], t["n_pairs"]) for t in tests} == {
         (t, c, "2") for t in ("R-G2", "R-g2") for c in ("KD − R", "KD − NR")}
