@@ -14,15 +14,11 @@ from r18lab.cli import main
 from r18lab.errors import ConfigError
 from r18lab.models.transforms import GroupedConv
 from r18lab.reference.p003_costs import (FAMILIES, PRINTED_FLOPS, PRINTED_PARAMS, VARIANTS, matches_printed,
-                                         variant_transforms)
+                                         table, variant_transforms)
 
 
 def _rows(text: str) -> dict[tuple[str, str, str], int]:
-    out = {}
-    for line in text.strip().splitlines():
-        family, kind, *values = line.split()
-        out.update({(family, kind, v): int(x) for v, x in zip(VARIANTS, values)})
-    return out
+    return table(text, int)
 
 
 # spec 003 §3.1: our reconstruction, every integer rounds to the paper's printed value

@@ -103,12 +103,8 @@ def run_embedding(a: argparse.Namespace) -> int:
     from ..train.environment import pick_device
     from .embedding import embedding_rows, parse_classes, per_class_accuracy, select_rows, worst_classes
 
-    opt = {k: (getattr(a, k, None) if getattr(a, k, None) is not None else v) for k, v in EMBEDDING_DEFAULTS.items()}
-    paths, source, data_options = _embedding_inputs(a)
-    for flag, target in (("--plot", a.plot), ("--csv", a.csv)):
-        if target and Path(target).is_dir():
-            raise ConfigError(f"{flag} {target} is a folder; give a file path, e.g. {flag} embedding"
-                              f"{'.png' if flag == '--plot' else '.csv'}")
+    paths, source, data_options = checkpoint_inputs(a, "embedding", "embed", data_from_last=True)
+    opt = command_options(a, EMBEDDING_DEFAULTS, "embedding")
     if not opt["perplexity"] > 0:
         raise ConfigError(f"--perplexity must be above 0, got {opt['perplexity']:g}; the paper uses 30")
     labels = _embedding_labels(a.labels, paths)
@@ -206,35 +202,40 @@ def run_embedding(a: argparse.Namespace) -> int:
     return 0
 
 
-def _embedding_inputs(a: argparse.Namespace) -> tuple[list[Path], str, dict]:
-    """(checkpoints, data source, data options) from the positionals, --data and key=value tokens.
-
-    The data is `--data SOURCE`, or else the last positional (`embedding A B DATA`) unless that is a
-    .safetensors file; key=value tokens that are not files are source options (as in eval/predict).
-    """
+def checkpoint_inputs(a: argparse.Namespace, command: str, what: str,
+                      data_from_last: bool = False) -> tuple[list[Path], str, dict]:
+    """(checkpoints, data source, data options) of `analyze COMMAND` from the positionals, --data and key=value
+    tokens: key=value tokens that are not files are source options (as in eval/predict); with `data_from_last`
+    the last positional is the data when --data is absent, unless it is a .safetensors file."""
     from ..config import parse_overrides
 
-    tokens = [t for t in a.paths]
-    options = [t for t in tokens if "=" in t and not Path(t).exists()] + list(getattr(a, "overrides", None) or [])
-    positional = [t for t in tokens if not ("=" in t and not Path(t).exists())]
+    options = [t for t in a.paths if "=" in t and not Path(t).exists()] + list(getattr(a, "overrides", None) or [])
+    positional = [t for t in a.paths if not ("=" in t and not Path(t).exists())]
     source = a.data
+    if source is None and data_from_last and len(positional) >= 2 and not positional[-1].endswith(".safetensors"):
+        source = positional.pop()
     if source is None:
-        if len(positional) >= 2 and not positional[-1].endswith(".safetensors"):
-            source = positional.pop()
-        else:
-            raise ConfigError("`analyze embedding` needs the images to embed: add --data SOURCE (a path or built-in "
-                              "name, e.g. --data cifar10-jpeg.tar.gz) after the checkpoints")
+        raise ConfigError(f"`analyze {command}` needs the images to {what}: add --data SOURCE (a path or built-in "
+                          "name, e.g. --data cifar10-jpeg.tar.gz)" + (" after the checkpoints" if data_from_last else ""))
     if not positional:
-        raise ConfigError("`analyze embedding` needs at least one checkpoint: analyze embedding A.safetensors "
+        raise ConfigError(f"`analyze {command}` needs at least one checkpoint: analyze {command} A.safetensors "
                           "[B.safetensors ...] --data SOURCE")
     paths = [Path(p) for p in positional]
-    seen: dict[Path, Path] = {}
+    seen: set[Path] = set()
     for p in paths:
-        key = p.resolve()
-        if key in seen:
+        if p.resolve() in seen:
             raise ConfigError(f"{p} is given twice; give each checkpoint once")
-        seen[key] = p
+        seen.add(p.resolve())
     return paths, str(source), parse_overrides(options)
+
+
+def command_options(a: argparse.Namespace, defaults: dict, stem: str) -> dict:
+    """The command's options (a given value, else its default); refuses --plot/--csv naming a folder."""
+    for flag, target in (("--plot", a.plot), ("--csv", a.csv)):
+        if target and Path(target).is_dir():
+            raise ConfigError(f"{flag} {target} is a folder; give a file path, e.g. {flag} {stem}"
+                              f"{'.png' if flag == '--plot' else '.csv'}")
+    return {k: (getattr(a, k, None) if getattr(a, k, None) is not None else v) for k, v in defaults.items()}
 
 
 def _embedding_labels(text: str | None, paths: list[Path]) -> list[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -105,14 +104,10 @@ def run_ensemble(a: argparse.Namespace) -> int:
     from ..predict import predict
     from ..results.tables import to_csv, to_markdown
     from ..train.environment import pick_device
-    from .commands import _classes_of, _label, _short
+    from .commands import _classes_of, _label, _short, checkpoint_inputs, command_options
 
-    opt = {k: (getattr(a, k, None) if getattr(a, k, None) is not None else v) for k, v in DEFAULTS.items()}
-    paths, source, data_options = _inputs(a)
-    for flag, target in (("--plot", a.plot), ("--csv", a.csv)):
-        if target and Path(target).is_dir():
-            raise ConfigError(f"{flag} {target} is a folder; give a file path, e.g. {flag} ensemble"
-                              f"{'.png' if flag == '--plot' else '.csv'}")
+    paths, source, data_options = checkpoint_inputs(a, "ensemble", "predict")
+    opt = command_options(a, DEFAULTS, "ensemble")
     if a.labels is not None:
         labels = [t.strip() for t in a.labels.split(",")]
         if len(labels) != len(paths) or not all(labels):
@@ -216,25 +211,6 @@ def run_ensemble(a: argparse.Namespace) -> int:
 def _input_size(loaded) -> tuple[int, ...] | None:
     pre = loaded.preprocessing
     return tuple(pre.input_size) if pre is not None else None
-
-
-def _inputs(a: argparse.Namespace) -> tuple[list[Path], str, dict]:
-    """(checkpoints, data source, data options): positionals are checkpoints, key=value tokens (that are not
-    files) source options as in eval/predict; the data is --data SOURCE."""
-    from ..config import parse_overrides
-
-    options = [t for t in a.paths if "=" in t and not Path(t).exists()] + list(getattr(a, "overrides", None) or [])
-    positional = [t for t in a.paths if not ("=" in t and not Path(t).exists())]
-    if a.data is None:
-        raise ConfigError("`analyze ensemble` needs the images to predict: add --data SOURCE (a path or built-in "
-                          "name, e.g. --data cifar10-jpeg.tar.gz)")
-    if not positional:
-        raise ConfigError("`analyze ensemble` needs at least one checkpoint: analyze ensemble A.safetensors "
-                          "[B.safetensors ...] --data SOURCE")
-    paths = [Path(p) for p in positional]
-    if len({p.resolve() for p in paths}) != len(paths):
-        raise ConfigError("a checkpoint is given twice; give each checkpoint once")
-    return paths, str(a.data), parse_overrides(options)
 
 
 __all__ = ["ensemble_summary", "group_rows", "run_ensemble", "softmax", "sub_head_groups"]

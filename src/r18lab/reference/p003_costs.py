@@ -3,21 +3,23 @@ keyed (family, "R" | "NR", variant) for the 6 families × 9 grouping variants ×
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 FAMILIES = ("wrn22_2", "wrn22_10", "wrn28_2", "wrn40_2", "resnet18", "mobilenet_v2")
 VARIANTS = ("g2", "g4", "g8", "g16", "G1", "G2", "G4", "G8", "G16")
 NUM_CLASSES = 100  # CIFAR-100 head, 32×32 input
 
 
-def _table(text: str) -> dict[tuple[str, str, str], str]:
+def table(text: str, cast=str) -> dict[tuple[str, str, str], Any]:
+    """Lines `family R|NR v_g2 … v_G16` → {(family, kind, variant): cast(value)}."""
     rows = {}
     for line in text.strip().splitlines():
         family, kind, *values = line.split()
-        rows.update({(family, kind, v): value for v, value in zip(VARIANTS, values)})
+        rows.update({(family, kind, v): cast(value) for v, value in zip(VARIANTS, values)})
     return rows
 
 
-PRINTED_FLOPS = _table("""
+PRINTED_FLOPS = table("""
 wrn22_2 R 93.65 56.49 37.91 28.62 22.17 25.01 30.68 42.04 64.75
 wrn22_2 NR 92.07 54.92 36.34 27.05 20.6 23.43 29.11 40.47 63.17
 wrn22_10 R 2281 1366 908.8 680.1 465 478.6 505.8 560.2 669
@@ -32,7 +34,7 @@ mobilenet_v2 R 634.4 348.3 205.2 133.7 64.95 67.72 73.25 84.32 106.5
 mobilenet_v2 NR 634.4 348.3 205.2 133.7 64.95 67.72 73.25 84.32 106.5
 """)
 
-PRINTED_PARAMS = _table("""
+PRINTED_PARAMS = table("""
 wrn22_2 R 0.656 0.402 0.275 0.211 0.159 0.17 0.192 0.236 0.325
 wrn22_2 NR 0.645 0.391 0.264 0.2 0.148 0.159 0.181 0.225 0.314
 wrn22_10 R 16 9.63 6.46 4.88 3.35 3.41 3.51 3.73 4.17
