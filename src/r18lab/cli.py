@@ -420,17 +420,21 @@ def build_parser() -> argparse.ArgumentParser:
                                     "[key=value ...]: t-SNE panel + silhouette/scatter ratio of chosen classes "
                                     "(DATA may also be the last positional). ensemble CKPT... --data SOURCE "
                                     "[key=value ...]: strength, correlation and bound of one checkpoint's sub-heads "
-                                    "(ga.0 ... ga.4) or of several checkpoints' --head logits (paper 004)")
+                                    "(ga.0 ... ga.4) or of several checkpoints' --head logits (paper 004). "
+                                    "masks PATH...: per-layer topology of pruning masks (run folders or "
+                                    "masks.safetensors) and the full-spectrum distance D (spec 002a)")
     an.add_argument("analysis", choices=list(ANALYSES))
     an.add_argument("paths", nargs="+", metavar="path",
                     help="model.safetensors (several: one table each, one plot); embedding, ensemble: "
-                         "checkpoints, then source options key=value (e.g. image_size=32)")
+                         "checkpoints, then source options key=value (e.g. image_size=32); masks: run folders "
+                         "or masks.safetensors files")
     an.set_defaults(overrides=[])  # embedding's source options given after other options land here
     an.add_argument("--xmin", default="median", choices=["median", "ks"])
     an.add_argument("--json", action="store_true", help="print JSON instead of the markdown table")
-    an.add_argument("--csv", help="write the table as CSV")
+    an.add_argument("--csv", help="write the table as CSV (masks: the rows of every path, with a path column)")
     an.add_argument("--plot", help="PNG: spectrum, alpha by depth; embedding, the 1×N t-SNE panel; ensemble, "
-                                   "correlation vs strength, one point per label")
+                                   "correlation vs strength, one point per label; masks, density, Δr and λ per "
+                                   "layer, one line per path")
     an.add_argument("--esd-layer", help="spectrum: layer whose ESD to plot (with --esd-plot)")
     an.add_argument("--esd-plot")
     an.add_argument("--data", metavar="SOURCE", help="embedding: images to embed, a path or built-in name "
@@ -461,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--batch-size", type=_positive_int, help="embedding, ensemble: prediction batch size "
                                                              "(default 512)")
     an.add_argument("--device", help="embedding, ensemble: auto (default), cpu, cuda, ...")
+    an.add_argument("--at", choices=["prune", "final"],
+                    help="masks: weights for λ — prune = the weights scored at pruning time ⊙ mask (default), "
+                         "final = the run's trained model.safetensors ⊙ mask")
+    an.add_argument("--reference", choices=["origin", "dense_init", "mask_at_init"],
+                    help="masks: reference point of the distance D — origin (default; the only concrete reading, "
+                         "flagged), dense_init = the dense mask on θ0, mask_at_init = the same mask on θ0")
 
     from .protocols import EXECUTORS, PROTOCOLS  # the registered protocols and executors are the choices
     pr = sub.add_parser("protocol", help="run a multi-run protocol")

@@ -4,6 +4,8 @@ spectrum PATH...: per-layer heavy-tail table (JSON/CSV/markdown) and plots.
 embedding CKPT... --data SOURCE: t-SNE panel and separability numbers of chosen classes (paper 003 Fig. 2).
 ensemble CKPT... --data SOURCE: strength, correlation and bound of a model's sub-heads or of several checkpoints
 (paper 004 sec. 4.1; `ensemble_command`).
+masks PATH...: per-layer topology of pruning masks (Ramanujan gaps, weighted spectral gap, IMDB, NaRC) and the
+full-spectrum distance D of each mask (spec 002a §1.5–1.7; `masks_command`).
 """
 from __future__ import annotations
 
@@ -277,10 +279,17 @@ def run_ensemble(a: argparse.Namespace) -> int:
     return run(a)
 
 
+def run_masks(a: argparse.Namespace) -> int:
+    """Mask topology table, network distance D, CSV, JSON and per-layer plot (`masks_command.run_masks`)."""
+    from .masks_command import run_masks as run
+    return run(a)
+
+
 ANALYSES: dict[str, tuple] = {
     "spectrum": (run_spectrum, {"esd_layer", "esd_plot"}),  # --xmin has a default: not policed
     "embedding": (run_embedding, {"data", "split", "classes", "ref", "max_per_class", "perplexity", "seed",
                                   "head", "features", "labels", "batch_size", "device"}),
     "ensemble": (run_ensemble, {"data", "split", "head", "labels", "members", "weighting", "batch_size", "device"}),
+    "masks": (run_masks, {"at", "reference"}),
 }
 """name → (function, the options only this analysis reads; others' options are refused)."""

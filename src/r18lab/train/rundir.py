@@ -13,7 +13,8 @@ from ..config import result_config
 from ..errors import ConfigError, R18Error
 
 #: files a run writes into its folder (removed by an explicit overwrite, nothing else is touched)
-RUN_FILES = ("config.json", "splits.json", "metrics.jsonl", "summary.json", "model.safetensors")
+RUN_FILES = ("config.json", "splits.json", "metrics.jsonl", "summary.json", "model.safetensors",
+             "masks.safetensors")  # the last: written by the prune hook
 CHECKPOINT_DIR = "checkpoint"
 LOCK_FILE = ".lock"
 
