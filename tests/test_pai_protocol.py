@@ -35,6 +35,17 @@ def test_plan_is_dense_plus_method_density_mode_seed_with_one_prune_hook_each(tm
     assert {s.config["seed"] for s in p.specs} == {0, 1}
 
 
+def test_method_defs_name_prune_options_such_as_a_population(tmp_path):
+    (tmp_path / "p.yaml").write_text(RECIPE)
+    tree = resolve_tree(str(tmp_path / "p.yaml"), ["protocol.methods=[snip, pags-snip]",
+                                                   "protocol.method_defs={pags-snip: {method: snip, population: 5}}"],
+                        None)
+    p = Pai("pai", tree, tmp_path / "o")
+    hooks = {s.tags["method"]: s.config["hooks"][0] for s in p.specs if s.tags["method"] != "dense"}
+    assert hooks["pags-snip"]["method"] == "snip" and hooks["pags-snip"]["population"] == 5
+    assert "population" not in hooks["snip"]
+
+
 def test_cli_runs_the_sweep_writes_the_report_and_resumes(tmp_path, capsys):
     (tmp_path / "p.yaml").write_text(RECIPE)
     out = tmp_path / "out"
@@ -64,6 +75,8 @@ def test_cli_runs_the_sweep_writes_the_report_and_resumes(tmp_path, capsys):
     ("protocol.prune={method: snip}", ["protocol.prune", "method"]),
     ("protocol.pretrain_steps=[-1]", ["pretrain_steps"]),
     ("hooks=[{name: prune}]", ["prune hook", "protocol.prune"]),
+    ("protocol.method_defs={pags: {population: 3}}", ["method_defs.pags", "method"]),
+    ("protocol.method_defs={snip: {method: snip}}", ["snip-2"]),
 ])
 def test_bad_sweep_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, override, words):
     (tmp_path / "p.yaml").write_text(RECIPE)

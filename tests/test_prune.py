@@ -305,3 +305,22 @@ def test_a_mask_file_of_another_model_is_one_line_exit_2(tmp_path, capsys):
                "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "does not fit this model" in err and "conv1.weight" in err
+
+
+def test_population_keeps_the_mask_of_largest_full_spectrum_distance(tmp_path):
+    from r18lab.pruning.masks import mask_distance
+
+    rc, out = run(tmp_path, "pags", "hooks=[{name: prune, method: snip, density: 0.3, population: 4, "
+                                    "samples_per_class: 2, distance_min_kept: 0}]")
+    assert rc == 0
+    f = load_masks(out)
+    distances = f.meta["population_distance"]
+    assert len(distances) == 4 and len(set(distances)) > 1  # the draws of scoring images give other masks
+    assert mask_distance(f.masks, f.weights, 0) == pytest.approx(max(distances))
+
+
+def test_population_with_a_deterministic_score_is_refused():
+    from r18lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="same mask every time"):
+        build_hook("prune", {"method": "synflow", "population": 3})

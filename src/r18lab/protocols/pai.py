@@ -19,11 +19,13 @@ DENSE = "dense"
 
 
 class PaiSettings(Strict):
-    """methods: prune generators (`random`, `magnitude`, `snip`, `grasp`, `synflow`, `iter_snip`, `erk`);
+    """methods: prune generators (`random`, `magnitude`, `snip`, `grasp`, `synflow`, `iter_snip`, `erk`) or names
+    of `method_defs` (name → prune options with a `method`, e.g. `pags-snip: {method: snip, population: 20}`);
     densities: kept fractions; pretrain_steps: the pretraining modes N (0 = prune at θ0); prune: options given to
     every prune hook (scope, rounds, restart_from, samples_per_class, include, …); dense: a dense run per seed."""
 
     methods: list[str] = ["random", "magnitude", "snip", "grasp", "synflow"]
+    method_defs: dict[str, dict[str, Any]] = {}
     densities: list[float] = [0.01, 0.05, 0.1, 0.2, 0.4]
     pretrain_steps: list[int] = [0, 100]
     seeds: list[int] = [0, 1, 2]
@@ -39,16 +41,25 @@ def parse_settings(tree: dict) -> tuple[PaiSettings, dict]:
         errs = getattr(e, "errors", lambda: [{"loc": ("protocol",), "msg": str(e)}])()
         loc = "protocol." + ".".join(str(x) for x in errs[0]["loc"])
         raise ConfigError(f"invalid {loc!r}: {errs[0]['msg']}") from None
+    for name, options in settings.method_defs.items():
+        if name in SCORES:
+            raise ConfigError(f"protocol.method_defs names {name!r}, a generator's own name; call it e.g. {name}-2")
+        if "method" not in options:
+            raise ConfigError(f"protocol.method_defs.{name} needs a `method` (the generator it runs)")
+        SCORES.get(options["method"])
     for m in settings.methods:
-        SCORES.get(m)  # unknown generator: one line naming the valid ones
+        if m not in settings.method_defs and m not in SCORES:
+            raise ConfigError(f"unknown pruning method {m!r}; choose one of: {', '.join(SCORES.names())} or a "
+                              "name from protocol.method_defs")
     for d in settings.densities:
         check_density(d)
     if any(n < 0 for n in settings.pretrain_steps):
         raise ConfigError(f"protocol.pretrain_steps must be ≥ 0, got {settings.pretrain_steps}")
     reserved = {"method", "density", "pretrain_steps"} & set(settings.prune)
+    reserved |= {k for d in settings.method_defs.values() for k in d} & {"density", "pretrain_steps"}
     if reserved:
-        raise ConfigError(f"protocol.prune sets {sorted(reserved)[0]!r}, which the sweep itself varies; use "
-                          "protocol.methods / densities / pretrain_steps instead")
+        raise ConfigError(f"protocol.prune or method_defs sets {sorted(reserved)[0]!r}, which the sweep itself "
+                          "varies; use protocol.methods / densities / pretrain_steps instead")
     if any((h if isinstance(h, str) else h.get("name")) == "prune" for h in tree.get("hooks", []) or []):
         raise ConfigError("the recipe's hooks already hold a prune hook; the pai protocol adds one per run: "
                           "remove it and put its options under protocol.prune")
@@ -78,7 +89,8 @@ def plan(settings: PaiSettings, base: dict, out_root: Path, protocol: str = "pai
         for d in settings.densities:
             for n in settings.pretrain_steps:
                 for m in settings.methods:
-                    hook = {"name": "prune", **settings.prune, "method": m, "density": d, "pretrain_steps": n}
+                    own = settings.method_defs.get(m, {"method": m})
+                    hook = {"name": "prune", **settings.prune, **own, "density": d, "pretrain_steps": n}
                     add({"method": m, "density": d, "pretrain_steps": n, "seed": seed},
                         {"hooks": [*hooks, hook]}, out_root / f"d{d:g}" / f"pre{n}" / m)
     return specs

@@ -34,3 +34,12 @@ def build_masks(model: nn.Module, weights: dict[str, nn.Parameter], method: str,
     finally:
         model.train(was_training)
     return alive
+
+
+def mask_distance(masks: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], min_kept: int = 1000) -> float:
+    """Full-spectrum distance D(m) = Σ_l ‖(Δr_l, λ_l)‖₂ of the mask on θ ⊙ m, origin reference (spec §1.7)."""
+    from ..analysis.masks import mask_topology, spectral_distance
+
+    rows = mask_topology({n: m.cpu() for n, m in masks.items()},
+                         {n: (weights[n] * masks[n]).cpu() for n in masks})
+    return spectral_distance(rows, min_kept=min_kept)

@@ -2,6 +2,7 @@
 train `pretrain_steps` dense steps, score, keep exactly ⌊d·N⌋ weights, keep the pruned ones at zero to the end."""
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from typing import Any
@@ -9,14 +10,16 @@ from typing import Any
 import torch
 
 from ...errors import ConfigError
+from ...data.loader import seeded_generator
 from ...pruning.io import MASKS_FILE, MaskFile, load_masks, save_masks
-from ...pruning.masks import DATA_FREE, build_masks
+from ...pruning.masks import DATA_FREE, build_masks, mask_distance
 from ...pruning.scores import INCLUDE, SCORES, ScoreContext, prunable
 from ...pruning.select import LAYER_DENSITIES, SCOPES, check_density, round_densities, shuffle_within_layers
 from ...registry import HOOKS
 from . import Hook
 
-ITERATIVE = {"synflow": 100, "iter_snip": 100}  # rounds by default (spec §1.3); every other method: 1
+ITERATIVE = {"synflow": 100, "iter_snip": 100}
+DETERMINISTIC = ("magnitude", "synflow")  # the same weights give the same mask: nothing to sample  # rounds by default (spec §1.3); every other method: 1
 RESTARTS = ("pretrained", "init")
 ERK_SAMPLING = ("exact", "bernoulli")
 
@@ -28,14 +31,17 @@ class Prune(Hook):
     clipping and momentum see the sparse network). Training continues from θ_N ⊙ m (`restart_from: pretrained`) or
     θ0 ⊙ m (`init`, all weights and BN statistics rewound); the optimizer's momentum is discarded at pruning.
     `method: erk` = random scores inside ERK layer densities; `scope: erk|layer` puts any score inside those
-    densities. `mask_file` applies a saved mask instead of scoring. Masks are saved to masks.safetensors."""
+    densities. `mask_file` applies a saved mask instead of scoring. `population` P > 1 is the abstract's search
+    (PAGS, as the third-party code reads it; spec §1.7): P masks from P draws of the scoring images (or of the
+    random scores), the one with the largest full-spectrum distance D (origin reference, layers with more than
+    `distance_min_kept` kept weights) is kept. Masks are saved to masks.safetensors."""
 
     def __init__(self, method: str = "snip", density: float = 0.1, scope: str | None = None,
                  rounds: int | None = None, schedule: str = "exponential", pretrain_steps: int = 0,
                  restart_from: str = "pretrained", samples_per_class: int = 10, include: str = "all",
                  batch_size: int = 256, temperature: float = 200.0, train_mode: bool = False,
                  erk_sampling: str = "exact", shuffle: bool = False, head: str | None = None,
-                 mask_file: str | None = None) -> None:
+                 mask_file: str | None = None, population: int = 1, distance_min_kept: int = 1000) -> None:
         SCORES.get(method)  # an unknown method: one line naming the valid ones
         self.method, self.density = method, check_density(density)
         if method == "erk" and scope not in (None, "erk"):
@@ -61,6 +67,13 @@ class Prune(Hook):
         self.samples_per_class, self.batch_size, self.temperature = samples_per_class, batch_size, temperature
         self.train_mode, self.erk_sampling, self.shuffle = train_mode, erk_sampling, shuffle
         self.head, self.mask_file = head, mask_file
+        if not (isinstance(population, int) and population >= 1):
+            raise ConfigError(f"prune population must be a whole number ≥ 1, got {population!r}")
+        if population > 1 and method in DETERMINISTIC:
+            raise ConfigError(f"prune population {population} samples masks, but {method} gives the same mask every "
+                              "time; use snip, grasp, iter_snip (scoring images re-drawn), random or erk")
+        self.population, self.distance_min_kept = population, distance_min_kept
+        self.population_distances: list[float] = []
         self.masks: dict[str, torch.Tensor] = {}
         self.init_state: dict[str, torch.Tensor] = {}  # the whole model at θ0, kept only for restart_from: init
         self.init_weights: dict[str, torch.Tensor] = {}  # prunable weights at θ0, for the mask file
@@ -125,10 +138,11 @@ class Prune(Hook):
         with torch.no_grad():
             torch._foreach_mul_(list(weights.values()), [self.masks[n] for n in weights])
 
-    def _scoring_batches(self, ctx) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """`samples_per_class` training images of every class (seeded by the run's seed), normalised, unaugmented."""
+    def _scoring_batches(self, ctx, draw: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`samples_per_class` training images of every class (seeded by the run's seed and the draw), normalised,
+        unaugmented."""
         images, labels = ctx.loader.images, ctx.loader.labels
-        gen = torch.Generator().manual_seed(ctx.cfg.seed)
+        gen = torch.Generator().manual_seed(ctx.cfg.seed) if draw == 0 else seeded_generator(ctx.cfg.seed, draw)
         order = torch.randperm(len(labels), generator=gen).to(labels.device)
         picked = torch.cat([order[labels[order] == c][:self.samples_per_class] for c in labels.unique()])
         x, y = images[picked], labels[picked]
@@ -136,14 +150,30 @@ class Prune(Hook):
                 for i in range(0, len(y), self.batch_size)]
 
     def _score_masks(self, ctx, weights: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+        """One mask, or the population's mask of largest D; the weights end as θ ⊙ m of the returned mask."""
         model = ctx.model
         gen = torch.Generator().manual_seed(ctx.cfg.seed + 7919)
         key = self.head or list(getattr(model, "logit_names", model.head_names))[0]
         sctx = ScoreContext(key, tuple(ctx.x_test.shape[1:]), gen, self.temperature)
-        batches = [] if self.method in DATA_FREE else self._scoring_batches(ctx)
-        masks = build_masks(model, weights, self.method, self.densities, self.scope, batches, sctx,
-                            self.erk_sampling, self.train_mode)
-        return shuffle_within_layers(masks, gen) if self.shuffle else masks
+        dense = {n: w.detach().clone() for n, w in weights.items()} if self.population > 1 else {}
+        best, best_distance = None, -math.inf
+        for draw in range(self.population):
+            if draw:
+                with torch.no_grad():
+                    torch._foreach_copy_(list(weights.values()), list(dense.values()))
+            batches = [] if self.method in DATA_FREE else self._scoring_batches(ctx, draw)
+            masks = build_masks(model, weights, self.method, self.densities, self.scope, batches, sctx,
+                                self.erk_sampling, self.train_mode)
+            masks = shuffle_within_layers(masks, gen) if self.shuffle else masks
+            if self.population == 1:
+                return masks
+            distance = mask_distance(masks, dense, self.distance_min_kept)
+            self.population_distances.append(distance)
+            if distance > best_distance:
+                best, best_distance = masks, distance
+        with torch.no_grad():
+            torch._foreach_copy_(list(weights.values()), list(dense.values()))
+        return best
 
     def _check_file(self, file: MaskFile, weights: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
         missing = [n for n in weights if n not in file.masks]
@@ -177,7 +207,8 @@ class Prune(Hook):
                 "rounds": self.rounds, "schedule": self.schedule, "pretrain_steps": self.pretrain_steps,
                 "prune_step": step, "restart_from": self.restart_from, "include": self.include,
                 "samples_per_class": self.samples_per_class, "shuffle": self.shuffle,
-                "mask_file": self.mask_file, "seed": ctx.cfg.seed,
+                "mask_file": self.mask_file, "seed": ctx.cfg.seed, "population": self.population,
+                "population_distance": self.population_distances,
                 "layer_density": {n: kept[n] / self.masks[n].numel() for n in self.masks}}
         save_masks(ctx.out / MASKS_FILE, MaskFile(self.masks, dense, self.init_weights, meta))
         ctx.log({"epoch": getattr(ctx, "epoch", 0), "step": step, "prune/density": density,
