@@ -7,7 +7,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..errors import ConfigError
 from .spec import RunSpec, read_summary
+
+
+def validate_settings(model: type, data: Any, prefix: str = "protocol") -> Any:
+    """`model.model_validate(data)` with a pydantic error turned into one line naming the key."""
+    try:
+        return model.model_validate(data)
+    except Exception as e:  # pydantic ValidationError → one line
+        errs = getattr(e, "errors", lambda: [{"loc": (), "msg": str(e)}])()
+        loc = ".".join([prefix, *(str(x) for x in errs[0]["loc"])])
+        raise ConfigError(f"invalid {loc!r}: {errs[0]['msg']}") from None
 
 
 @dataclass

@@ -16,7 +16,7 @@ from ..config import Strict, _deep_merge, build_config, config_dict, run_identit
 from ..errors import ConfigError, R18Error
 from ..reference.p003_costs import variant_transforms
 from ..registry import PROTOCOLS
-from .base import Protocol, RunContext
+from .base import Protocol, RunContext, validate_settings
 from .lowdata import with_teacher
 from .spec import RunSpec, read_summary
 
@@ -125,15 +125,6 @@ class Family:
         return [t for t in self.teachers if PAIRINGS[self.pairing](student, t)]
 
 
-def _validate(model: type[BaseModel], data: Any, prefix: str) -> Any:
-    try:
-        return model.model_validate(data)
-    except Exception as e:  # pydantic ValidationError → one line
-        errs = getattr(e, "errors", lambda: [{"loc": (), "msg": str(e)}])()
-        loc = ".".join([prefix, *(str(x) for x in errs[0]["loc"])])
-        raise ConfigError(f"invalid {loc!r}: {errs[0]['msg']}") from None
-
-
 def _variants(names: list[str], where: str) -> tuple[Variant, ...]:
     if not names:
         raise ConfigError(f"{where} is empty; list at least one grouping variant, e.g. [g8]")
@@ -166,7 +157,7 @@ def _family(name: str, entry: Any, settings: KDGridSettings, base: dict) -> Fami
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a mapping (run-config overlay and protocol keys), got {entry!r}")
     keys = {k: v for k, v in entry.items() if k in FamilySettings.model_fields}
-    fs: FamilySettings = _validate(FamilySettings, keys, where)
+    fs: FamilySettings = validate_settings(FamilySettings, keys, where)
     overlay = {k: v for k, v in entry.items() if k not in FamilySettings.model_fields}
     if "objective" in overlay:
         raise ConfigError(f"{where}.objective: kdgrid sets each run's objective; put KD options under protocol.kd")
@@ -204,7 +195,7 @@ def _family(name: str, entry: Any, settings: KDGridSettings, base: dict) -> Fami
 def parse_settings(tree: dict) -> tuple[KDGridSettings, list[Family]]:
     """A resolved recipe tree → (protocol settings, families with their run-config trees), validated (one line)."""
     tree = copy.deepcopy(tree)
-    settings: KDGridSettings = _validate(KDGridSettings, tree.pop("protocol", {}) or {}, "protocol")
+    settings: KDGridSettings = validate_settings(KDGridSettings, tree.pop("protocol", {}) or {}, "protocol")
     if "objective" in tree:
         raise ConfigError("kdgrid sets each run's objective (CE, or (1 − α)·CE + α·KD); remove `objective` from "
                           "the recipe and put KD options under protocol.kd")

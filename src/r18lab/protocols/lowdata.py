@@ -11,7 +11,7 @@ from pydantic import Field
 from ..config import TEACHER_OBJECTIVES, Strict, _deep_merge, build_config, config_dict, resolve_tree, run_identity
 from ..errors import ConfigError
 from ..registry import PROTOCOLS
-from .base import Protocol, RunContext
+from .base import Protocol, RunContext, validate_settings
 from .methods import METHODS
 from .spec import RunSpec
 
@@ -28,12 +28,7 @@ class LowDataSettings(Strict):
 def parse_settings(tree: dict) -> tuple[LowDataSettings, dict]:
     """A resolved recipe tree → (protocol settings, base run-config tree), both validated (one-line errors)."""
     tree = copy.deepcopy(tree)
-    try:
-        settings = LowDataSettings.model_validate(tree.pop("protocol", {}) or {})
-    except Exception as e:  # pydantic ValidationError → one line
-        errs = getattr(e, "errors", lambda: [{"loc": ("protocol",), "msg": str(e)}])()
-        loc = "protocol." + ".".join(str(x) for x in errs[0]["loc"])
-        raise ConfigError(f"invalid {loc!r}: {errs[0]['msg']}") from None
+    settings = validate_settings(LowDataSettings, tree.pop("protocol", {}) or {})
     if sorted(settings.labels) != settings.labels or len(set(settings.labels)) != len(settings.labels):
         raise ConfigError(f"protocol.labels must be strictly increasing, got {settings.labels}")
     build_config(tree)  # validate the base config early, naming any bad key

@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..pruning.scores import SCORES
 from ..pruning.select import check_density
 from ..registry import PROTOCOLS
-from .base import Protocol, RunContext
+from .base import Protocol, RunContext, validate_settings
 from .spec import RunSpec
 
 DENSE = "dense"
@@ -35,12 +35,7 @@ class PaiSettings(Strict):
 
 def parse_settings(tree: dict) -> tuple[PaiSettings, dict]:
     tree = copy.deepcopy(tree)
-    try:
-        settings = PaiSettings.model_validate(tree.pop("protocol", {}) or {})
-    except Exception as e:  # pydantic ValidationError → one line
-        errs = getattr(e, "errors", lambda: [{"loc": ("protocol",), "msg": str(e)}])()
-        loc = "protocol." + ".".join(str(x) for x in errs[0]["loc"])
-        raise ConfigError(f"invalid {loc!r}: {errs[0]['msg']}") from None
+    settings = validate_settings(PaiSettings, tree.pop("protocol", {}) or {})
     for name, options in settings.method_defs.items():
         if name in SCORES:
             raise ConfigError(f"protocol.method_defs names {name!r}, a generator's own name; call it e.g. {name}-2")
