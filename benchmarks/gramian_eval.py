@@ -2,7 +2,8 @@
 cost of the Gram step in float64 vs float32 (paper 004 Table 3's claim that the heads are cheap; spec 004 §A.3).
 
 Run: .venv/bin/python benchmarks/gramian_eval.py [--device auto|cpu|cuda] [--width 0.25] [--ga-dim 32]
-     [--count 5] [--batch-size 256] [--batches 4] [--rounds 3] [--gram-batch 64] [--threads N] [--json OUT.json]
+     [--count 5] [--batch-size 256] [--batches 4] [--rounds 3] [--gram-batch 64] [--threads N] [--arms]
+     [--json OUT.json]
 
 Models (CIFAR stem, 32×32, 10 classes, seeded): `ResNet-18` = heads [main] (the reference); `GA-ResNet-18` =
 heads [ga] with `ga_count` heads of `ga_dim` channels (ConvNeXt gram block, groups 8: the reference
@@ -40,12 +41,23 @@ IMAGE = (3, 32, 32)
 NUM_CLASSES = 10
 
 
-def models(width: float, ga_dim: int, count: int) -> dict[str, tuple[dict, str]]:
-    """name → (create_model keyword arguments, logit key); the first is the reference."""
+def models(width: float, ga_dim: int, count: int, arms: bool = False) -> dict[str, tuple[dict, str]]:
+    """name → (create_model keyword arguments, logit key); the first is the reference. `arms`: also the other
+    heads of recipes/gramian_cifar10.yaml (1 GA head, `count` ca_token heads, `count` parameter-matched GAP-FC heads
+    with the budget of `count` GA heads + fuser)."""
     ga = {"heads": ["ga"], "ga_count": count, "ga_dim": ga_dim}
-    return {"ResNet-18": ({"width": width}, "main"),
-            f"GA-ResNet-18 ({count} heads, Gram float32)": ({"width": width, **ga, "ga_gram_dtype": "float32"}, "ga"),
-            f"GA-ResNet-18 ({count} heads, Gram float64)": ({"width": width, **ga, "ga_gram_dtype": "float64"}, "ga")}
+    out = {"ResNet-18": ({"width": width}, "main"),
+           f"GA-ResNet-18 ({count} heads, Gram float32)": ({"width": width, **ga, "ga_gram_dtype": "float32"}, "ga"),
+           f"GA-ResNet-18 ({count} heads, Gram float64)": ({"width": width, **ga, "ga_gram_dtype": "float64"}, "ga")}
+    if arms:
+        budget = head_params(build({"width": width, **ga}))["ga"]
+        out.update({
+            "GA-ResNet-18 (1 head)": ({"width": width, "heads": ["ga"], "ga_count": 1, "ga_dim": ga_dim}, "ga"),
+            f"CA-token ResNet-18 ({count} heads)": ({"width": width, "heads": ["ca_token"],
+                                                     "ca_token_count": count}, "ca_token"),
+            f"GAP-FC ×{count}, parameter-matched": ({"width": width, "heads": ["multi_fc"], "multi_fc_count": count,
+                                                   "multi_fc_match_params": budget}, "multi_fc")})
+    return out
 
 
 def build(kwargs: dict) -> nn.Module:
@@ -82,13 +94,14 @@ def gram_timings(device: torch.device, batch: int, channels: int, repeats: int) 
 
 
 def run(device: str = "auto", width: float = 0.25, ga_dim: int = 32, count: int = 5, batch_size: int = 256,
-        batches: int = 4, rounds: int = 3, gram_batch: int = 64, threads: int | None = None) -> dict:
+        batches: int = 4, rounds: int = 3, gram_batch: int = 64, threads: int | None = None,
+        arms: bool = False) -> dict:
     for name, value in (("--batch-size", batch_size), ("--batches", batches), ("--rounds", rounds),
                         ("--count", count), ("--gram-batch", gram_batch)):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}; e.g. {name} 2")
     dev = pick_device(device)
-    specs = models(width, ga_dim, count)
+    specs = models(width, ga_dim, count, arms)
     built = {name: build(kw) for name, (kw, _) in specs.items()}  # a bad width or ga_dim fails here, one line
     rows = []
     for name, model in built.items():
@@ -155,10 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds, best kept (default 3)")
     p.add_argument("--gram-batch", type=int, default=64, help="batch of the Gram-step timing (default 64)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--arms", action="store_true", help="also every other arm of recipes/gramian_cifar10.yaml")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON")
     a = p.parse_args(argv)
     return finish_benchmark(lambda: run(a.device, a.width, a.ga_dim, a.count, a.batch_size, a.batches, a.rounds, a.gram_batch,
-                                        a.threads), format_table, a.json)
+                                        a.threads, a.arms), format_table, a.json)
 
 
 if __name__ == "__main__":
