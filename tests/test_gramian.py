@@ -233,3 +233,17 @@ def test_stage_maps_smaller_than_stage_three(capsys):
 def test_bad_options_are_one_line(capsys, option):
     line = one_line_error(capsys, ["models", "info", "resnet18", "width=0.25", "heads=[ga]", "ga_dim=32", option])
     assert option.split("=")[0] in line
+
+
+def test_layer_scale_sets_the_class_attention_gamma_and_is_validated():
+    from r18lab.errors import ConfigError
+    from r18lab.models.classifier import create_model
+
+    m = create_model("resnet18", num_classes=4, width=0.125, heads=["ca_token"], ca_token_count=2,
+                     ca_token_layer_scale=0.5)
+    block = m.heads["ca_token"].branches[1].attn
+    assert torch.equal(block.gamma_1, torch.full_like(block.gamma_1, 0.5))
+    default = create_model("resnet18", num_classes=4, width=0.125, heads=["ga"], ga_count=1, ga_dim=16)
+    assert float(default.heads["ga"].branches[0].attn.gamma_2[0]) == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="ca_token_layer_scale"):
+        create_model("resnet18", num_classes=4, width=0.125, heads=["ca_token"], ca_token_layer_scale=-1)
