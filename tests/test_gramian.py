@@ -244,6 +244,6 @@ def test_layer_scale_sets_the_class_attention_gamma_and_is_validated():
     block = m.heads["ca_token"].branches[1].attn
     assert torch.equal(block.gamma_1, torch.full_like(block.gamma_1, 0.5))
     default = create_model("resnet18", num_classes=4, width=0.125, heads=["ga"], ga_count=1, ga_dim=16)
-    assert float(default.heads["ga"].branches[0].attn.gamma_2[0]) == pytest.approx(1e-4)
+    assert float(default.heads["ga"].branches[0].attn.gamma_2.detach()[0]) == pytest.approx(1e-4)
     with pytest.raises(ConfigError, match="ca_token_layer_scale"):
         create_model("resnet18", num_classes=4, width=0.125, heads=["ca_token"], ca_token_layer_scale=-1)
