@@ -53,7 +53,7 @@ def test_cli_runs_the_sweep_writes_the_report_and_resumes(tmp_path, capsys):
     printed = capsys.readouterr()
     assert "0 of 10 runs already done; 10 to run" in printed.err
     md = printed.out
-    for text in ("### Test accuracy (%), mean ± std over seeds", "| dense ", "### C1: each generator − random",
+    for text in ("### Test accuracy (%), mean ± std over seeds", "| dense ", "### C1: each generator − random (paired",
                  "### C2/C3", "std_ratio", "### C4", "distance_all", "accuracy_vs_density.png"):
         assert text in md, text
     rows = list(csv.DictReader((out / "results.csv").open()))
@@ -94,3 +94,14 @@ def test_verdicts_and_spearman():
     rho, p, n = spearman(rows, "distance")
     assert n == 4 and rho == pytest.approx(0.8)
     assert math.isnan(spearman(rows[:2], "distance")[0])
+
+
+def test_the_paired_comparison_uses_the_named_baseline():
+    from r18lab.protocols.pai_report import _against_baseline
+
+    rows = [{"method": m, "density": 0.1, "pretrain_steps": 0, "seed": s, "acc": a + s}
+            for m, a in (("snip", 30.0), ("pags", 32.0), ("random", 20.0)) for s in (0, 1, 2)]
+    text = "\n".join(_against_baseline(rows, "snip"))
+    assert "each generator − snip" in text and "| pags " in text and "| snip " not in text
+    assert "2.00" in text and "-10.00" in text  # pags − snip and random − snip, constant over seeds
+    assert _against_baseline(rows, "erk") == []

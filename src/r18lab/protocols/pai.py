@@ -22,7 +22,8 @@ class PaiSettings(Strict):
     """methods: prune generators (`random`, `magnitude`, `snip`, `grasp`, `synflow`, `iter_snip`, `erk`) or names
     of `method_defs` (name → prune options with a `method`, e.g. `pags-snip: {method: snip, population: 20}`);
     densities: kept fractions; pretrain_steps: the pretraining modes N (0 = prune at θ0); prune: options given to
-    every prune hook (scope, rounds, restart_from, samples_per_class, include, …); dense: a dense run per seed."""
+    every prune hook (scope, rounds, restart_from, samples_per_class, include, …); dense: a dense run per seed;
+    baseline: the method the others are tested against (default random)."""
 
     methods: list[str] = ["random", "magnitude", "snip", "grasp", "synflow"]
     method_defs: dict[str, dict[str, Any]] = {}
@@ -31,6 +32,7 @@ class PaiSettings(Strict):
     seeds: list[int] = [0, 1, 2]
     dense: bool = True
     prune: dict[str, Any] = {}
+    baseline: str = "random"  # the method every other is compared with, paired over seeds (C1)
 
 
 def parse_settings(tree: dict) -> tuple[PaiSettings, dict]:
