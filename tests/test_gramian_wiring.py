@@ -190,7 +190,7 @@ def test_export_backbone_only_loads_into_a_plain_resnet18(ga_ckpt, tmp_path, cap
 
 
 # -- the recipe ------------------------------------------------------------------------------------------------
-ARMS = ["gap-fc", "gap-fc-x5-matched", "ga-1", "ga-5", "ga-5-dec0.8", "ca-token-5"]
+ARMS = ["gap-fc", "gap-fc-x5-matched", "ga-1", "ga-5", "ga-5-dec0.8", "ca-token-5", "ca-token-5-ls1"]
 
 
 @pytest.mark.parametrize("scale", ["tiny", "paper"])
@@ -198,10 +198,10 @@ def test_recipe_parses_and_its_arms_build(scale, tmp_path):
     settings, base = parse_settings(resolve_tree(ROOT / "recipes" / "gramian_cifar10.yaml", [], scale))
     assert settings.methods == ARMS and settings.seeds == [0, 1, 2] and settings.labels == [50000]
     specs = plan(settings, base, tmp_path, protocol="compare")
-    assert len(specs) == 18 and len({s.identity for s in specs}) == 18
+    assert len(specs) == 21 and len({s.identity for s in specs}) == 21
     width, dim = (0.25, 32) if scale == "tiny" else (1.0, 128)
     heads = {"gap-fc": "main", "gap-fc-x5-matched": "multi_fc", "ga-1": "ga", "ga-5": "ga", "ga-5-dec0.8": "ga",
-             "ca-token-5": "ca_token"}
+             "ca-token-5": "ca_token", "ca-token-5-ls1": "ca_token"}
     for spec in specs:
         if spec.tags["seed"] != 0 or (scale == "paper" and spec.tags["method"] not in ("ga-5", "gap-fc-x5-matched")):
             continue
@@ -221,6 +221,8 @@ def test_recipe_parses_and_its_arms_build(scale, tmp_path):
             matched = params["multi_fc"]
         if method == "ga-1":
             assert terms == ["ce/ga.0"]
-        if method == "ca-token-5":
+        if method.startswith("ca-token-5"):
             assert terms == [f"ce/ca_token.{i}" for i in range(5)]
+            gamma = model.heads["ca_token"].branches[0].attn.gamma_1.detach()
+            assert float(gamma[0]) == pytest.approx(1.0 if method.endswith("ls1") else 1e-4)
     assert abs(matched - target) <= 5 * (int(512 * width) + 13) / 2  # matched to the 5 GA heads, to rounding
