@@ -34,7 +34,9 @@ class Prune(Hook):
     densities. `mask_file` applies a saved mask instead of scoring. `population` P > 1 is the abstract's search
     (PAGS, as the third-party code reads it; spec §1.7): P masks from P draws of the scoring images (or of the
     random scores), the one with the largest full-spectrum distance D (origin reference, layers with more than
-    `distance_min_kept` kept weights) is kept. Masks are saved to masks.safetensors."""
+    `distance_min_kept` kept weights) is kept. Masks are saved to masks.safetensors. Scoring runs in eval mode as the
+    repos do (`train_mode: false`); at θ0 that means BN with running statistics 0/1, which cost GraSP 18 points at
+    tiny scale against `train_mode: true` (README)."""
 
     def __init__(self, method: str = "snip", density: float = 0.1, scope: str | None = None,
                  rounds: int | None = None, schedule: str = "exponential", pretrain_steps: int = 0,
