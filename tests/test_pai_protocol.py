@@ -105,3 +105,10 @@ def test_the_paired_comparison_uses_the_named_baseline():
     assert "each generator − snip" in text and "| pags " in text and "| snip " not in text
     assert "2.00" in text and "-10.00" in text  # pags − snip and random − snip, constant over seeds
     assert _against_baseline(rows, "erk") == []
+
+
+def test_population_plot_is_written(tmp_path):
+    from r18lab.protocols.pai_plots import plot_population
+
+    path = plot_population([("pags s0", [1.0, 1.5, 3.0]), ("pags s1", [2.0, 2.5])], tmp_path / "p.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

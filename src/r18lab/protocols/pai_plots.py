@@ -52,3 +52,17 @@ def plot_topology_vs_accuracy(rows: Sequence[dict[str, Any]], path: Path, title:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return save_png(fig, path)
+
+
+def plot_population(populations: Sequence[tuple[str, Sequence[float]]], path: Path, title: str = "") -> Path:
+    """The population search: each run's candidate distances D as a histogram, its chosen (largest) D marked."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for i, (label, distances) in enumerate(populations):
+        ax.hist(distances, bins=min(20, max(len(distances), 1)), alpha=0.45, color=f"C{i}", label=label)
+        ax.axvline(max(distances), color=f"C{i}", linestyle="--", linewidth=1)
+    ax.set_xlabel("full-spectrum distance D of a candidate mask (dashed: the one kept)")
+    ax.set_ylabel("masks")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return save_png(fig, path)

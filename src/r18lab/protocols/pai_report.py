@@ -41,6 +41,15 @@ def run_topology(spec: RunSpec, cache_dir: Path) -> dict[str, float]:
     return out
 
 
+def population_distances(spec: RunSpec) -> list[float]:
+    """The candidate distances D of a run's population search (empty without one), from its mask file's metadata."""
+    from ..models.io import read_metadata
+    from ..pruning.io import MASKS_FILE, META_KEY
+
+    meta = json.loads(read_metadata(spec.out_dir / MASKS_FILE).get(META_KEY, "{}"))
+    return [float(d) for d in meta.get("population_distance") or []]
+
+
 def collect_rows(specs: list[RunSpec], out_dir: Path | None = None) -> list[dict[str, Any]]:
     """One row per finished run: method, density, pretrain_steps, seed, acc, achieved density, topology."""
     rows = []
@@ -52,6 +61,9 @@ def collect_rows(specs: list[RunSpec], out_dir: Path | None = None) -> list[dict
                "seconds": summary["train_seconds"]}
         if spec.tags["method"] != DENSE and out_dir is not None:
             row.update(run_topology(spec, out_dir / "topology"))
+            population = population_distances(spec)
+            if population:
+                row["population_distance"] = population
         rows.append(row)
     return rows
 
@@ -78,12 +90,12 @@ def spearman(rows: list[dict[str, Any]], key: str) -> tuple[float, float, int]:
 
 def write_report(rows: list[dict[str, Any]], settings: PaiSettings, out_dir: Path, title: str) -> str:
     """report.md, results.csv, summary.csv, the plots; returns the markdown."""
-    from .pai_plots import plot_accuracy_vs_density, plot_topology_vs_accuracy
+    from .pai_plots import plot_accuracy_vs_density, plot_population, plot_topology_vs_accuracy
 
     if not rows:
         return "no finished runs yet"
     rows = sorted(rows, key=lambda r: (r["density"], r["pretrain_steps"], r["method"], r["seed"]))
-    to_csv(rows, out_dir / "results.csv")
+    to_csv([{k: v for k, v in r.items() if k != "population_distance"} for r in rows], out_dir / "results.csv")
     pruned = [r for r in rows if r["method"] != DENSE]
     summary = summarize(rows, by=("method", "density", "pretrain_steps"), value="acc")
     for s in summary:
@@ -96,6 +108,10 @@ def write_report(rows: list[dict[str, Any]], settings: PaiSettings, out_dir: Pat
     plots = [plot_accuracy_vs_density(summary, out_dir / "accuracy_vs_density.png", title)]
     if any("distance" in r for r in pruned):
         plots.append(plot_topology_vs_accuracy(pruned, out_dir / "topology_vs_accuracy.png", title))
+    populations = [(f"{r['method']} d={r['density']:g} N={r['pretrain_steps']} s{r['seed']}", r["population_distance"])
+                   for r in pruned if r.get("population_distance")]
+    if populations:
+        plots.append(plot_population(populations, out_dir / "population.png", title))
     md.append("plots: " + ", ".join(str(p) for p in plots))
     text = "\n".join(md)
     atomic_write_text(out_dir / "report.md", text + "\n")
