@@ -3,7 +3,7 @@
 (`masks.mask_topology`) and the network's full-spectrum distance D = Σ_l ‖c_l − c_l(ref)‖₂, c_l = (Δr, λ).
 
 PATH is a run folder (its `masks.safetensors`, and `model.safetensors` for `--at final`) or a mask file (then the
-`model.safetensors` beside it). Layers are listed in the model's order (`depth_order`). Weights:
+`model.safetensors` beside it). Layers are listed in the model's order (`pruning.io.depth_order`). Weights:
 `--at prune` (default) the dense weights scored at pruning time ⊙ mask (from the mask file), `--at final` the run's
 trained `model.safetensors` ⊙ mask. Reference of D: `origin` (default; the third-party PAGS reading, the only
 concrete one — flagged), `dense_init` (the dense mask on θ0), `mask_at_init` (the same mask on θ0). Every input is
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -127,18 +126,7 @@ def _load(path: Path):
     if not loaded.masks:
         raise ConfigError(f"{path} holds no masks (no mask.* tensors); give a masks.safetensors written by the "
                           "prune hook")
-    loaded.masks = {n: loaded.masks[n] for n in depth_order(loaded.masks, loaded.meta)}
-    return loaded
-
-
-def depth_order(names, meta: dict) -> list[str]:
-    """Layer names in the model's order: safetensors hands tensors back sorted by name, so the order comes from
-    the prune hook's `layer_density` metadata (written in module order); without it, a natural sort."""
-    recorded = [n for n in (meta.get("layer_density") or {}) if n in names]
-    if set(recorded) == set(names):
-        return recorded
-    return sorted(names, key=lambda n: [(0, int(t), "") if t.isdigit() else (1, 0, t)
-                                        for t in re.split(r"(\d+)", n)])
+    return loaded  # layers in the model's order (`pruning.io.depth_order`)
 
 
 def _weights(path: Path, loaded, at: str) -> dict[str, torch.Tensor] | None:
@@ -208,4 +196,4 @@ def _display(row: dict) -> dict:
     return {label: r.get(key) for key, label in TABLE.items()}
 
 
-__all__ = ["depth_order", "run_masks"]
+__all__ = ["run_masks"]

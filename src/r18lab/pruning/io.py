@@ -4,6 +4,7 @@ folder; read by `analyze masks` and by `prune mask_file: PATH`."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,4 +62,16 @@ def load_masks(path: str | Path) -> MaskFile:
         kind, _, name = key.partition(".")
         if kind in groups:
             groups[kind][name] = t.bool() if kind == "mask" else t
-    return MaskFile(groups["mask"], groups["weight"], groups["init"], json.loads(meta[META_KEY]))
+    info = json.loads(meta[META_KEY])
+    order = depth_order(groups["mask"], info)
+    return MaskFile(*({n: g[n] for n in order if n in g} for g in (groups[k] for k in KINDS)), info)
+
+
+def depth_order(names, meta: dict) -> list[str]:
+    """Layer names in the model's order: safetensors hands tensors back sorted by name, so the order comes from
+    the prune hook's `layer_density` metadata (written in module order); without it, a natural sort."""
+    recorded = [n for n in (meta.get("layer_density") or {}) if n in names]
+    if set(recorded) == set(names):
+        return recorded
+    return sorted(names, key=lambda n: [(0, int(t), "") if t.isdigit() else (1, 0, t)
+                                        for t in re.split(r"(\d+)", n)])

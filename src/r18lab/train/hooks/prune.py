@@ -151,13 +151,14 @@ class Prune(Hook):
         return [(ctx.normalizer(x[i:i + self.batch_size]), y[i:i + self.batch_size])
                 for i in range(0, len(y), self.batch_size)]
 
-    def _score_masks(self, ctx, weights: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
-        """One mask, or the population's mask of largest D; the weights end as θ ⊙ m of the returned mask."""
+    def _score_masks(self, ctx, weights: dict[str, torch.nn.Parameter],
+                     dense: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One mask, or the population's mask of largest D (candidates restart from `dense`, the weights before
+        scoring); the weights end as θ ⊙ m of the returned mask."""
         model = ctx.model
         gen = torch.Generator().manual_seed(ctx.cfg.seed + 7919)
         key = self.head or list(getattr(model, "logit_names", model.head_names))[0]
         sctx = ScoreContext(key, tuple(ctx.x_test.shape[1:]), gen, self.temperature)
-        dense = {n: w.detach().clone() for n, w in weights.items()} if self.population > 1 else {}
         best, best_distance = None, -math.inf
         for draw in range(self.population):
             if draw:
@@ -193,7 +194,7 @@ class Prune(Hook):
         weights = prunable(ctx.model, self.include)
         dense = {n: w.detach().clone() for n, w in weights.items()}
         masks = (self._check_file(load_masks(self.mask_file), weights) if self.mask_file is not None
-                 else self._score_masks(ctx, weights))
+                 else self._score_masks(ctx, weights, dense))
         if self.restart_from == "init" and self.init_state:
             ctx.model.load_state_dict(self.init_state)
         self.masks = {n: masks[n].bool() for n in weights}
