@@ -30,6 +30,8 @@ class DataConfig(Strict):
     test_split: str = "test"
     labels: int | None = Field(None, ge=1, description="labelled pool size (nested, class-balanced); None = all")
     indices: str | None = None  # a file of training-set indices (JSON list, .npy or one per line): train on exactly these
+    task: Union[str, dict[str, Any]] = "classes"  # the labels learnt: classes, cifar2, {name: binary, positive: [...]}, ...
+    test_size: int | None = Field(None, ge=1, description="a class-balanced subset of the test split; None = all")
     balanced: bool = True
     split_seed: int | None = None  # None: the run's seed
     image_size: int | None = Field(None, ge=1)
@@ -45,7 +47,9 @@ class ModelConfig(Strict):
     heads: list[Union[str, dict[str, Any]]] = ["main"]  # a name, or {name: fr, dim: 64, ...} with head options
     gate: float | None = Field(None, allow_inf_nan=False)
     peers: int = Field(1, ge=1)
-    transforms: list[Union[str, dict[str, Any]]] = []  # applied to the built backbone, in order
+    transforms: list[Union[str, dict[str, Any]]] = []  # applied to the built backbone (or model), in order
+    num_classes: int | None = Field(None, ge=1)  # output units; None = the task's classes, 1 = one logit (two classes)
+    init: str = "default"  # weight initialisation: default (each layer's own) or flax_lecun
     options: dict[str, Any] = {}
 
 

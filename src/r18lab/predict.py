@@ -64,7 +64,7 @@ class Predictions:
         """Top-1 accuracy (%) per head; empty when the data has no labels."""
         if self.labels is None:
             return {}
-        return {h: float((v.argmax(1) == self.labels).mean() * 100) for h, v in self.logits.items()}
+        return {h: float((_predicted(v) == self.labels).mean() * 100) for h, v in self.logits.items()}
 
     def summary(self, path: str | os.PathLike[str] | None = None) -> str:
         """One line: samples, heads, accuracy per head (when labels fit the model's classes), output path."""
@@ -292,3 +292,8 @@ def _stage_backbone(model: torch.nn.Module):
 
 
 __all__ = ["Predictions", "check_output", "predict"]
+
+
+def _predicted(logits):
+    """argmax per row; one logit: 1 iff z > 0 (as `objectives.supervised.predicted_labels`, on arrays)."""
+    return (logits[:, 0] > 0).astype("int64") if logits.shape[1] == 1 else logits.argmax(1)

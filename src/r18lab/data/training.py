@@ -14,6 +14,7 @@ from .augment import Augment, channel_stats
 from .loader import BatchLoader, to_device_tensors
 from .loading import load
 from .splits import nested_pools, save_split
+from .tasks import Task, apply_task
 
 
 @dataclass
@@ -53,20 +54,44 @@ def training_indices(cfg, train_labels: np.ndarray, seed: int) -> np.ndarray:
     return np.arange(n)
 
 
+def test_points(task: Task, size: int | None, labels: np.ndarray, seed: int) -> np.ndarray | None:
+    """The test points: the task's own, else a class-balanced subset of `data.test_size`, else all (None)."""
+    if task.test_points is not None:
+        if size is not None:
+            raise ConfigError("data.task fixes the test points; drop data.test_size")
+        return task.test_points
+    if size is None:
+        return None
+    if size > len(labels):
+        raise ConfigError(f"data.test_size={size} exceeds the {len(labels)} test images; pass a smaller size")
+    return np.sort(nested_pools(labels, [size], seed=seed + 999)[0])
+
+
 def prepare(cfg, out_dir: Path, device: torch.device) -> TrainingData:
     """Load the train/test splits of `cfg.data`, choose the pool (saved to out_dir/splits.json), build the loader."""
     d, t = cfg.data, cfg.train
     opts = {**d.options, **({"image_size": d.image_size} if d.image_size else {})}
-    train = load(d.source, split=d.train_split, **opts)
+    source_train = load(d.source, split=d.train_split, **opts)
     test = load(d.source, split=d.test_split, **opts)
-    if train.images.shape[1:] != test.images.shape[1:]:
-        raise R18Error(f"train images {train.images.shape[1:]} and test images {test.images.shape[1:]} "
+    if source_train.images.shape[1:] != test.images.shape[1:]:
+        raise R18Error(f"train images {source_train.images.shape[1:]} and test images {test.images.shape[1:]} "
                        "differ in shape; set data.image_size")
-    idx = training_indices(d, train.labels, cfg.seed)
-    save_split(out_dir / "splits.json", {"train": idx})
+    task = apply_task(d.task, source_train, test)
+    train, test = task.train, task.test
+    split_seed = cfg.seed if d.split_seed is None else d.split_seed
+    if task.train_points is not None:
+        if d.labels is not None or d.indices is not None:
+            raise ConfigError(f"data.task {d.task!r} fixes the training points; drop data.labels / data.indices")
+        idx = task.train_points
+    else:
+        idx = training_indices(d, train.labels, cfg.seed)
+    test_idx = test_points(task, d.test_size, test.labels, split_seed)
+    if test_idx is not None:
+        test = test.subset(test_idx)
+    save_split(out_dir / "splits.json", {"train": idx, **({"test": test_idx} if test_idx is not None else {})})
     h, w, c = test.images.shape[1:]
     if d.normalize == "dataset":
-        mean, std = channel_stats(train)
+        mean, std = channel_stats(source_train)  # the whole training split's statistics, whatever the pool
         std = [max(float(s), 1e-6) for s in std]  # a constant channel: no division by zero
         pre = Preprocessing.of(mean, std, (c, h, w), train.classes)
     else:

@@ -16,8 +16,11 @@ from . import gramian as _gramian  # noqa: F401  (registers ga, ca_token, multi_
 from . import mobilenet_v2 as _mobilenet_v2  # noqa: F401  (registers the backbones)
 from . import resnet as _resnet  # noqa: F401
 from . import wrn as _wrn  # noqa: F401
+from . import small as _small  # noqa: F401
 from . import transforms as _transforms  # noqa: F401  (registers the model transforms)
+from . import linearize as _linearize  # noqa: F401  (registers linearize, a transform of the whole model)
 from .heads import gradient_gate
+from .init import apply_init
 
 BACKBONE_OPTIONS = ("in_channels",)
 LEGACY_OPTIONS = ("residual",)  # residual: false is transforms=[no_residual]
@@ -242,14 +245,25 @@ def resolve_transforms(transforms: Any, options: dict[str, Any]) -> list[tuple[s
         steps.insert(0, ("no_residual", {}))
     for n, p in steps:
         _check_params("model transform", n, TRANSFORMS.get(n), p, 1)
+    kinds = [acts_on_model(n) for n, _ in steps]
+    if any(a and not b for a, b in zip(kinds, kinds[1:])):
+        first = next(n for (n, _), k in zip(steps, kinds) if k)
+        raise ConfigError(f"model transform {first} acts on the whole model, so it must come after every backbone "
+                          f"transform; reorder model.transforms={[n for n, _ in steps]}")
     return steps
+
+
+def acts_on_model(name: str) -> bool:
+    """True for a transform of the built classifier (e.g. linearize), False for one of the backbone."""
+    return getattr(TRANSFORMS.get(name), "acts_on", "backbone") == "model"
 
 
 def create_model(name: str, *, num_classes: int, stem: str = "cifar", width: float = 1.0,
                  heads: Sequence[str | dict] = ("main",), gate: float | None = None, peers: int = 1,
-                 transforms: Sequence[str | dict] = (), **options) -> nn.Module:
-    """Build a classifier: backbone `name`, rewritten by `transforms` in order, plus named heads (`main` =
-    linear `fc`; an entry is a name or {name, **options}), optionally as a peer group."""
+                 transforms: Sequence[str | dict] = (), init: str = "default", **options) -> nn.Module:
+    """Build a classifier: backbone `name`, rewritten by the backbone `transforms` in order, plus named heads
+    (`main` = linear `fc`; an entry is a name or {name, **options}), re-initialised by `init`, then rewritten by
+    the model transforms (e.g. linearize); optionally as a peer group."""
     if num_classes < 1:
         raise ConfigError(f"num_classes must be ≥ 1, got {num_classes}")
     if width <= 0:
@@ -265,12 +279,19 @@ def create_model(name: str, *, num_classes: int, stem: str = "cifar", width: flo
         gate = 0.0 if any(getattr(HEADS.get(h), "gates_main", False) for h in extra) else 1.0
     applied = [n if not p else {"name": n, **p} for n, p in steps]
 
-    def one() -> Classifier:
+    def one() -> nn.Module:
         backbone = BACKBONES.get(name)(stem=stem, width=width, **backbone_kw)
         for t, params in steps:
-            backbone = TRANSFORMS.get(t)(backbone, **params)
+            if not acts_on_model(t):
+                backbone = TRANSFORMS.get(t)(backbone, **params)
         built = {h: HEADS.get(h)(backbone.num_features, num_classes, **head_opts[h]) for h in extra}
-        return Classifier(backbone, num_classes, built, gate, with_main="main" in head_opts, transforms=applied)
+        model: nn.Module = Classifier(backbone, num_classes, built, gate, with_main="main" in head_opts,
+                                      transforms=applied)
+        apply_init(model, init)
+        for t, params in steps:
+            if acts_on_model(t):
+                model = TRANSFORMS.get(t)(model, **params)
+        return model
 
     return one() if peers == 1 else PeerGroup([one() for _ in range(peers)])
 

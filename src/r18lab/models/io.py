@@ -202,20 +202,47 @@ def preprocessing_of(path: Path) -> Preprocessing | None:
     return Preprocessing.from_json(meta[PREPROCESSING_META_KEY], path) if PREPROCESSING_META_KEY in meta else None
 
 
+def output_units(requested: int | None, num_classes: int) -> int:
+    """The model's output units: the task's classes, or one logit for a two-class task (`model.num_classes: 1`)."""
+    if requested is None or requested == num_classes:
+        return num_classes
+    if requested == 1 and num_classes == 2:
+        return 1
+    from ..errors import ConfigError
+    raise ConfigError(f"model.num_classes={requested} does not fit the task's {num_classes} classes; drop it, or "
+                      "use 1 (one logit with objective=[bce]) on a two-class task")
+
+
 def model_spec(cfg, num_classes: int) -> dict[str, Any]:
     """Everything `create_model` needs to rebuild a run config's architecture (stored in the weights' metadata)."""
     m = cfg.model
-    spec = {"name": m.name, "num_classes": num_classes, "stem": m.stem, "width": m.width,
-            "heads": list(m.heads), "gate": m.gate, "peers": m.peers, **m.options}
+    spec = {"name": m.name, "num_classes": output_units(m.num_classes, num_classes), "stem": m.stem,
+            "width": m.width, "heads": list(m.heads), "gate": m.gate, "peers": m.peers, **m.options}
     if m.transforms:
         spec["transforms"] = list(m.transforms)
+    if m.init != "default":
+        spec["init"] = m.init
     return spec
 
 
-def build_from_spec(spec: dict[str, Any]) -> nn.Module:
-    """`create_model(**spec)`; a spec the registries reject is one line naming the option."""
+def for_weights(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec to build before loading a weights file: transform options the file makes unnecessary (a
+    transform's `when_loading`, e.g. linearize's reference checkpoint) replaced, so only the file is read."""
+    from ..registry import TRANSFORMS
+    from .classifier import split_entry
+    out = []
+    for entry in spec.get("transforms", []):
+        name, params = split_entry(entry, "transform")
+        params.update(getattr(TRANSFORMS.get(name), "when_loading", {}) if params else {})
+        out.append({"name": name, **params} if params else name)
+    return {**spec, "transforms": out} if "transforms" in spec else spec
+
+
+def build_from_spec(spec: dict[str, Any], loading_weights: bool = False) -> nn.Module:
+    """`create_model(**spec)` (with `for_weights` when weights will be loaded into it); a spec the registries
+    reject is one line naming the option."""
     from .classifier import create_model
-    spec = dict(spec)
+    spec = dict(for_weights(spec) if loading_weights else spec)
     try:
         return create_model(spec.pop("name"), **spec)
     except TypeError as e:
@@ -239,7 +266,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loa
     meta = read_metadata(path)
     spec = spec_from_meta(meta, path)
     pre = Preprocessing.from_json(meta[PREPROCESSING_META_KEY], path) if PREPROCESSING_META_KEY in meta else None
-    model = build_from_spec(spec)
+    model = build_from_spec(spec, loading_weights=True)
     load_weights(model, path)
     return LoadedModel(model.to(device), spec, pre, meta.get(IDENTITY_META_KEY), path)
 

@@ -14,6 +14,26 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0)
     return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
 
 
+def bce_loss(logit: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """−[y·log σ(z) + (1 − y)·log(1 − σ(z))] of one logit z (N×1 or N) and y ∈ {0, 1}; mean over the batch
+    (the linearised-networks code's `utils/loss.py`, spec 002d §1)."""
+    return F.binary_cross_entropy_with_logits(logit.float().reshape(-1), y.float(), reduction=reduction)
+
+
+def predicted_labels(logits: torch.Tensor) -> torch.Tensor:
+    """argmax_k z_k; for one logit, (sign(z) + 1) // 2, i.e. 1 iff z > 0 (spec 002d §1, `utils/metrics.py`)."""
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).long()
+    return logits.argmax(1)
+
+
+def summed_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Σ over the batch of the CE (several logits) or the sigmoid BCE (one logit) — what evaluation reports."""
+    if logits.shape[1] == 1:
+        return bce_loss(logits, y, reduction="sum")
+    return F.cross_entropy(logits.float(), y, reduction="sum")
+
+
 def resolve_logit_keys(heads: str | list[str], ctx: ObjectiveContext, who: str) -> list[str]:
     """`"all"` → every top-level head (as `resolve_heads`); otherwise each name is a top-level head, a sub-head
     key `<head>.<sub>` (e.g. `ga.0`) or the shorthand `<head>.*` for all of a head's sub-heads, in the model's
@@ -53,6 +73,9 @@ class CrossEntropy(Objective):
 
     def __init__(self, ctx: ObjectiveContext, heads: str | list[str] = "all", weight: float = 1.0,
                  label_smoothing: float | None = None) -> None:
+        if ctx.num_classes == 1:
+            raise ConfigError("objective ce on a one-logit model is 0 whatever the weights; use objective=[bce] "
+                              "(sigmoid cross-entropy) or set model.num_classes to the number of classes")
         self.heads = resolve_logit_keys(heads, ctx, "objective ce")
         self.weight = float(weight)
         self.smoothing = float(ctx.label_smoothing if label_smoothing is None else label_smoothing)
@@ -64,3 +87,22 @@ class CrossEntropy(Objective):
 
     def compute(self, out, batch: Batch) -> dict[str, torch.Tensor]:
         return {f"ce/{h}": self.weight * ce_loss(out.logits[h], batch.y, self.smoothing) for h in self.heads}
+
+
+@OBJECTIVES.register("bce")
+class BinaryCrossEntropy(Objective):
+    """Σ_h w·BCE(σ(z_h), y) on one-logit heads (`model.num_classes: 1`) of a two-class task, y ∈ {0, 1}: the
+    sigmoid loss of the linearised-networks paper (spec 002d §1); one term `bce/<key>` per head."""
+
+    def __init__(self, ctx: ObjectiveContext, heads: str | list[str] = "all", weight: float = 1.0) -> None:
+        if ctx.num_classes != 1:
+            raise ConfigError(f"objective bce needs a one-logit model, but the model has {ctx.num_classes} outputs; "
+                              "set model.num_classes=1 (on a two-class task) or use objective=[ce]")
+        self.heads = resolve_logit_keys(heads, ctx, "objective bce")
+        self.weight = float(weight)
+
+    def term_names(self) -> list[str]:
+        return [f"bce/{h}" for h in self.heads]
+
+    def compute(self, out, batch: Batch) -> dict[str, torch.Tensor]:
+        return {f"bce/{h}": self.weight * bce_loss(out.logits[h], batch.y) for h in self.heads}

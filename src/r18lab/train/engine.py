@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import objectives as _objectives  # noqa: F401  (registers objectives)
@@ -20,6 +19,7 @@ from ..errors import R18Error, TrainingDiverged
 from ..models.io import (Normalizer, build_from_spec, load_checkpoint,  # noqa: F401  (build_from_spec,
                          model_spec, teacher_identity)                 # model_spec: public here too)
 from ..objectives.base import Batch, ObjectiveContext, build_objectives
+from ..objectives.supervised import predicted_labels, summed_loss
 from ..results.metrics import MetricsWriter, keep_epochs
 from . import checkpoint as ckpt
 from . import rundir
@@ -31,7 +31,8 @@ from .optim import build_optimizer, lr_factor, set_learning_rates
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalizer: Normalizer,
              batch_size: int = 512, channels_last: bool = False) -> dict[str, float]:
-    """Accuracy (%) and mean CE of every head over uint8 images on the model's device."""
+    """Accuracy (%) and mean loss of every head over uint8 images on the model's device: argmax and CE, or for a
+    one-logit head, z > 0 and sigmoid BCE (`predicted_labels`, `summed_loss`)."""
     was_training = model.training
     model.eval()
     correct: dict[str, float] = {}
@@ -42,8 +43,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norma
             x = x.contiguous(memory_format=torch.channels_last)
         y = labels[i:i + batch_size]
         for h, z in model(x).logits.items():
-            correct[h] = correct.get(h, 0.0) + (z.argmax(1) == y).sum().item()
-            loss[h] = loss.get(h, 0.0) + F.cross_entropy(z.float(), y, reduction="sum").item()
+            correct[h] = correct.get(h, 0.0) + (predicted_labels(z) == y).sum().item()
+            loss[h] = loss.get(h, 0.0) + summed_loss(z, y).item()
     model.train(was_training)
     n = max(len(labels), 1)
     out = {}
@@ -151,7 +152,7 @@ class Trainer:
         self.model = build_from_spec(self.spec).to(self.device)
         if self.cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        ctx = ObjectiveContext(self.model.head_names, self.num_classes, self.device, self.cfg.train.label_smoothing,
+        ctx = ObjectiveContext(self.model.head_names, self.model.num_classes, self.device, self.cfg.train.label_smoothing,
                                load_checkpoint=lambda path: load_checkpoint(path, self.device),
                                preprocessing=self.preprocessing,
                                logit_names=list(getattr(self.model, "logit_names", self.model.head_names)),
