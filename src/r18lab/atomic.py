@@ -39,6 +39,13 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
     return Path(path)
 
 
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` atomically and return the path."""
+    with atomic_target(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
 def _mode_for(target: Path) -> int:
     """Permission bits for the new file: those of the file it replaces, else rw-r--r--."""
     try:

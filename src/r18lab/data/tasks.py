@@ -91,6 +91,22 @@ def read_eigenfunctions(path: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def save_eigenfunctions(path: str | Path, eigenvalues, eigenvectors, train_indices, test_indices) -> None:
+    """Write eigen.npz atomically (read back by `read_eigenfunctions`): eigenvalues (k, descending), eigenvectors
+    (n × k, float64, signs fixed), and the train / test indices of the n points, train points first."""
+    import io
+    from ..atomic import atomic_write_bytes
+    arrays = {"eigenvalues": np.asarray(eigenvalues, np.float64), "eigenvectors": np.asarray(eigenvectors, np.float64),
+              "train_indices": np.asarray(train_indices, np.int64), "test_indices": np.asarray(test_indices, np.int64)}
+    n = len(arrays["train_indices"]) + len(arrays["test_indices"])
+    if arrays["eigenvectors"].shape != (n, len(arrays["eigenvalues"])):
+        raise ValueError(f"eigenvectors {arrays['eigenvectors'].shape} do not fit {n} points × "
+                         f"{len(arrays['eigenvalues'])} eigenvalues")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
 def sign_labels(vector: np.ndarray) -> np.ndarray:
     """y = (sign(φ) + 1) // 2: 1 where φ > 0, 0 where φ ≤ 0 (`train_ntk.py`, spec 002d §1)."""
     return ((np.sign(vector) + 1) // 2).astype(np.int64)
