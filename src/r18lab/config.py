@@ -64,7 +64,7 @@ class OptimConfig(Strict):
 
 
 class ScheduleConfig(Strict):
-    name: Literal["cosine", "multistep", "constant"] = "cosine"
+    name: Literal["cosine", "multistep", "constant", "linear"] = "cosine"  # linear: to 0 at the end
     milestones: list[int] = []  # epochs, for multistep
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: float = Field(0.0, ge=0)

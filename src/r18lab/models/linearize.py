@@ -45,7 +45,13 @@ class Linearized(nn.Module):
 
     def __init__(self, net: nn.Module, reference: Reference, with_bias: bool = True) -> None:
         super().__init__()
-        self.net = net
+        if any(True for _ in net.named_parameters(recurse=False)) or any(True for _ in net.named_buffers(recurse=False)):
+            raise ValueError(f"transform linearize: {type(net).__name__} holds parameters outside its submodules")
+        for name, module in net.named_children():  # the network's modules under their own names, so parameters,
+            if name == "reference":                # state-dict keys and layer groups are the plain network's
+                raise ValueError("transform linearize: the network has a module named 'reference'")
+            self.add_module(name, module)
+        object.__setattr__(self, "net", net)  # shares the modules above; not a child
         self.reference = reference
         self.with_bias = with_bias
         self.net.eval()

@@ -49,13 +49,17 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 
 def lr_factor(cfg: ScheduleConfig, epoch_float: float, epochs: int) -> float:
-    """Schedule multiplier at a fractional epoch: linear warm-up, then cosine / multistep / constant."""
+    """Schedule multiplier at a fractional epoch: linear warm-up, then cosine / multistep / constant / linear decay
+    to 0 (1 − s/S, the linearised-networks code's optax `linear_schedule`, spec 002d §1)."""
     if cfg.warmup_epochs > 0 and epoch_float < cfg.warmup_epochs:
         return (epoch_float + 1e-9) / cfg.warmup_epochs
     if cfg.name == "cosine":
         span = max(epochs - cfg.warmup_epochs, 1e-9)
         t = min(max(epoch_float - cfg.warmup_epochs, 0.0) / span, 1.0)
         return 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.name == "linear":
+        span = max(epochs - cfg.warmup_epochs, 1e-9)
+        return max(1.0 - max(epoch_float - cfg.warmup_epochs, 0.0) / span, 0.0)
     if cfg.name == "multistep":
         return cfg.gamma ** sum(epoch_float >= m for m in cfg.milestones)
     return 1.0
