@@ -92,8 +92,12 @@ def _reference_state(net: nn.Module, reference: str, reference_bn: str) -> tuple
     """(θ0, BN statistics) of the linearisation: the freshly built network's, or a checkpoint's loaded into `net`."""
     init_buffers = {n: b.detach().clone() for n, b in net.named_buffers()}
     if reference != "init":
+        from ..errors import CheckpointError
         from .io import load_weights
-        load_weights(net, reference)  # refuses another architecture in one line
+        try:
+            load_weights(net, reference)
+        except CheckpointError as e:  # a reference that does not fit is a configuration mistake: exit 2
+            raise ConfigError(f"transform linearize: reference {e}") from None
     buffers = init_buffers if reference_bn == "init" else {n: b.detach().clone() for n, b in net.named_buffers()}
     return {n: p.detach().clone() for n, p in net.named_parameters()}, buffers
 
