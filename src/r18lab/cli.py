@@ -422,12 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
                                     "[key=value ...]: strength, correlation and bound of one checkpoint's sub-heads "
                                     "(ga.0 ... ga.4) or of several checkpoints' --head logits (paper 004). "
                                     "masks PATH...: per-layer topology of pruning masks (run folders or "
-                                    "masks.safetensors) and the full-spectrum distance D (spec 002a)")
+                                    "masks.safetensors) and the full-spectrum distance D (spec 002a). "
+                                    "ntk CKPT --data SOURCE [key=value ...] [--n-train N] [--n-test M] [--k K] "
+                                    "[--out DIR] [--against CKPT2] [--head main] [--route auto|dense|matvec] "
+                                    "[--batch B] [--seed S] [--task classes|cifar2]: empirical NTK of a one-logit "
+                                    "model on N train + M test images — eigen.npz (for data.task eigenfunction), "
+                                    "spectrum, alignment, energy concentration; --against: kernel distance and "
+                                    "alignment profile (spec 002d)")
     an.add_argument("analysis", choices=list(ANALYSES))
     an.add_argument("paths", nargs="+", metavar="path",
                     help="model.safetensors (several: one table each, one plot); embedding, ensemble: "
                          "checkpoints, then source options key=value (e.g. image_size=32); masks: run folders "
-                         "or masks.safetensors files")
+                         "or masks.safetensors files; ntk: one checkpoint, then source options key=value")
     an.set_defaults(overrides=[])  # embedding's source options given after other options land here
     an.add_argument("--xmin", default="median", choices=["median", "ks"])
     an.add_argument("--json", action="store_true", help="print JSON instead of the markdown table")
@@ -439,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--esd-plot")
     an.add_argument("--data", metavar="SOURCE", help="embedding: images to embed, a path or built-in name "
                                                      "(as for eval/predict; default: the last positional); "
-                                                     "ensemble: images to predict (required)")
+                                                     "ensemble: images to predict (required); ntk: the images "
+                                                     "of the kernel (train and test splits; required)")
     an.add_argument("--split", help="embedding, ensemble: split of --data (default test)")
     an.add_argument("--classes", help="embedding: worst:K (lowest per-class accuracy of --ref), all, or indices "
                                       "like 0,3,5 (default worst:3)")
@@ -448,10 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--max-per-class", type=_positive_int, help="embedding: at most N images per class "
                                                                 "(seeded draw; default all)")
     an.add_argument("--perplexity", type=float, help="embedding: t-SNE perplexity (default 30)")
-    an.add_argument("--seed", type=int, help="embedding: t-SNE and subsampling seed (default 0)")
+    an.add_argument("--seed", type=int, help="embedding: t-SNE and subsampling seed (default 0); ntk: seed of the "
+                                             "class-balanced subset (test points: seed + 999) and of Lanczos' start "
+                                             "vector (default 0)")
     an.add_argument("--head", help="embedding: logits head for accuracy and --features logits (default main); "
                                    "ensemble: the head whose sub-heads are the members (default: every head with "
-                                   "several), or with --members checkpoints each checkpoint's head (default main)")
+                                   "several), or with --members checkpoints each checkpoint's head (default main); "
+                                   "ntk: the one-logit head f(x) (default main)")
     an.add_argument("--features", choices=["pooled", "logits"], help="embedding: pooled penultimate features "
                                                                      "(default) or the --head logits")
     an.add_argument("--labels", help="embedding: comma-separated panel names, one per checkpoint "
@@ -462,15 +472,30 @@ def build_parser() -> argparse.ArgumentParser:
                          "with several), checkpoints = the checkpoints' --head logits")
     an.add_argument("--weighting", choices=["paper", "breiman"],
                     help="ensemble: plain mean of pairwise correlations (paper, default) or Breiman's sd-weighted")
-    an.add_argument("--batch-size", type=_positive_int, help="embedding, ensemble: prediction batch size "
-                                                             "(default 512)")
-    an.add_argument("--device", help="embedding, ensemble: auto (default), cpu, cuda, ...")
+    an.add_argument("--batch-size", "--batch", type=_positive_int,
+                    help="embedding, ensemble: prediction batch size (default 512); ntk: points per Jacobian chunk "
+                         "(default 32) and per vjp/jvp chunk of the matvec route (default 128)")
+    an.add_argument("--device", help="embedding, ensemble, ntk: auto (default), cpu, cuda, ...")
     an.add_argument("--at", choices=["prune", "final"],
                     help="masks: weights for λ — prune = the weights scored at pruning time ⊙ mask (default), "
                          "final = the run's trained model.safetensors ⊙ mask")
     an.add_argument("--reference", choices=["origin", "dense_init", "mask_at_init"],
                     help="masks: reference point of the distance D — origin (default; the only concrete reading, "
                          "flagged), dense_init = the dense mask on θ0, mask_at_init = the same mask on θ0")
+    an.add_argument("--n-train", type=_positive_int, help="ntk: train images, a class-balanced seeded subset "
+                                                          "(default 1000)")
+    an.add_argument("--n-test", type=int, help="ntk: test images after them, class-balanced (default 500; 0: none)")
+    an.add_argument("--k", type=_positive_int, help="ntk: eigenpairs kept (default 100, at most n; the matvec "
+                                                    "route computes only these)")
+    an.add_argument("--out", metavar="DIR", help="ntk: output folder (default <checkpoint folder>/ntk); files in "
+                                                 "it are replaced")
+    an.add_argument("--against", metavar="CKPT2", help="ntk: a second checkpoint of the same architecture (e.g. "
+                                                       "θ_end against θ0): kernel distance and alignment profile")
+    an.add_argument("--route", choices=["auto", "dense", "matvec"],
+                    help="ntk: auto (default: dense when K and a block of J rows fit in free memory), dense (K = J "
+                         "Jᵀ, all eigenpairs), matvec (K v = J(Jᵀ v), top-k by Lanczos; no K)")
+    an.add_argument("--task", choices=["classes", "cifar2"], help="ntk: the labels — the data's classes (default; "
+                                                                  "must be two) or CIFAR2 (classes 0–4 → 1)")
 
     from .protocols import EXECUTORS, PROTOCOLS  # the registered protocols and executors are the choices
     pr = sub.add_parser("protocol", help="run a multi-run protocol")

@@ -6,6 +6,9 @@ ensemble CKPT... --data SOURCE: strength, correlation and bound of a model's sub
 (paper 004 sec. 4.1; `ensemble_command`).
 masks PATH...: per-layer topology of pruning masks (Ramanujan gaps, weighted spectral gap, IMDB, NaRC) and the
 full-spectrum distance D of each mask (spec 002a §1.5–1.7; `masks_command`).
+ntk CKPT --data SOURCE: empirical NTK of a one-logit model on N + M images — eigen.npz, spectrum, alignment,
+energy concentration, and against a second checkpoint kernel distance and alignment profile (spec 002d §6;
+`ntk_command`).
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ def run_analysis(a: argparse.Namespace) -> int:
             if getattr(a, opt, None) is not None:
                 raise ConfigError(f"--{opt.replace('_', '-')} belongs to `r18lab analyze {other}`, not "
                                   f"`analyze {a.analysis}`; drop it")
-    if getattr(a, "overrides", None) and a.analysis not in ("embedding", "ensemble"):
+    if getattr(a, "overrides", None) and a.analysis not in ("embedding", "ensemble", "ntk"):
         raise ConfigError(f"`analyze {a.analysis}` takes no key=value options ({a.overrides[0]!r}); drop them")
     return fn(a)
 
@@ -285,11 +288,19 @@ def run_masks(a: argparse.Namespace) -> int:
     return run(a)
 
 
+def run_ntk(a: argparse.Namespace) -> int:
+    """Empirical NTK eigenpairs, alignment, energy and the against-comparison (`ntk_command.run_ntk`)."""
+    from .ntk_command import run_ntk as run
+    return run(a)
+
+
 ANALYSES: dict[str, tuple] = {
     "spectrum": (run_spectrum, {"esd_layer", "esd_plot"}),  # --xmin has a default: not policed
     "embedding": (run_embedding, {"data", "split", "classes", "ref", "max_per_class", "perplexity", "seed",
                                   "head", "features", "labels", "batch_size", "device"}),
     "ensemble": (run_ensemble, {"data", "split", "head", "labels", "members", "weighting", "batch_size", "device"}),
     "masks": (run_masks, {"at", "reference"}),
+    "ntk": (run_ntk, {"data", "n_train", "n_test", "k", "out", "against", "head", "route", "batch_size", "seed",
+                      "task", "device"}),
 }
 """name → (function, the options only this analysis reads; others' options are refused)."""
