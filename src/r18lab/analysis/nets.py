@@ -3,14 +3,28 @@ out, its own stored normalisation applied inside — so measures compare models 
 preprocessing on the very same pixels, and attacks and image transforms work in pixel space."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ..models.io import Preprocessing, load_checkpoint, require_preprocessing
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module in eval mode (BN on running statistics, no dropout); each module's own flag restored on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 @dataclass

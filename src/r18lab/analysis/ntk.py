@@ -20,9 +20,8 @@ Conventions:
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from ..errors import ConfigError
+from .nets import eval_mode  # noqa: F401  (public here too)
 
 Matvec = Callable[[Tensor], Tensor]
 GB = 1e9                       # decimal gigabytes, as the spec's memory numbers (44.7 GB = 11.17 M · 1,000 · 4 B)
@@ -61,18 +61,6 @@ def scalar_output(model_output: Any, head: str | None = None) -> Tensor:
         return logits
     raise ConfigError(f"the NTK here is for one-logit models but the model gives {tuple(logits.shape[1:])} logits "
                       "per sample; build it with num_classes: 1")
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every module in eval mode (per-sample BN, no dropout); restore each module's own flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def trainable_params(model: nn.Module) -> dict[str, Tensor]:
