@@ -177,7 +177,8 @@ def cmd_export(a: argparse.Namespace) -> int:
         raise R18Error(f"{out} exists; choose another --out, or pass --overwrite to replace it")
     loaded = load_checkpoint(a.weights)
     model = loaded.model
-    have = list((model.peers[0] if hasattr(model, "peers") else model).head_names)  # a peer group exports peer 0
+    owner = model.peers[0] if hasattr(model, "peers") else model  # a peer group exports peer 0
+    have = list(getattr(owner, "all_head_names", owner.head_names))  # aux-only heads (hint) too
     unknown = [h for h in keep if h not in have]
     if unknown:
         raise ConfigError(f"{a.weights} has no head {unknown[0]!r}; keep some of its heads: --keep {','.join(have)}")

@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..registry import BACKBONES, HEADS, TRANSFORMS
 from . import heads as _heads  # noqa: F401  (registers the heads)
 from . import gramian as _gramian  # noqa: F401  (registers ga, ca_token, multi_fc)
+from . import hint as _hint  # noqa: F401  (registers hint, FitNets' regressor: aux output only)
 from . import mobilenet_v2 as _mobilenet_v2  # noqa: F401  (registers the backbones)
 from . import resnet as _resnet  # noqa: F401
 from . import wrn as _wrn  # noqa: F401
@@ -69,12 +70,19 @@ class Classifier(nn.Module):
                 if len(set(names)) != len(names) or any(not n or "/" in n for n in names):
                     raise ValueError(f"head {name!r} declares {kind} {names}: "
                                      "they must be distinct, non-empty, without '/'")
+            if not produces_logits(head) and (getattr(head, "sub_heads", ()) or not getattr(head, "aux_outputs", ())):
+                raise ValueError(f"head {name!r} produces no logits, so it must declare aux_outputs and no sub_heads")
         if len(set(self.logit_names)) != len(self.logit_names):
             raise ValueError(f"logit keys collide: {self.logit_names}")
 
     @property
     def head_names(self) -> list[str]:
-        """The top-level heads (what `heads: all` in an objective means)."""
+        """The top-level heads that produce logits (what `heads: all` in an objective means)."""
+        return (["main"] if self.fc is not None else []) + [h for h, m in self.heads.items() if produces_logits(m)]
+
+    @property
+    def all_head_names(self) -> list[str]:
+        """Every top-level head, with those that produce only aux outputs (e.g. hint): what export may keep."""
         return (["main"] if self.fc is not None else []) + list(self.heads)
 
     @property
@@ -109,15 +117,26 @@ class Classifier(nn.Module):
         return ModelOutput(logits, features, stages, aux)
 
 
+def produces_logits(head: nn.Module) -> bool:
+    """False for a head that returns only aux outputs (`Head.produces_logits`, e.g. hint)."""
+    return bool(getattr(head, "produces_logits", True))
+
+
 def _collect(name: str, head: nn.Module, result: Any, logits: dict, aux: dict) -> None:
-    """File one head's result: a tensor is its logits; a mapping gives `logits`, `sub` and `aux` as declared."""
-    if isinstance(result, torch.Tensor):
-        result = {"logits": result}
-    unknown = set(result) - {"logits", "sub", "aux"}
-    if unknown or "logits" not in result:
-        raise ValueError(f"head {name!r} returned keys {sorted(result)}; a head returns logits or "
-                         "{'logits': ..., 'sub': {...}, 'aux': {...}}")
-    logits[name] = result["logits"]
+    """File one head's result: a tensor is its logits; a mapping gives `logits`, `sub` and `aux` as declared
+    (a head with `produces_logits = False` returns {"aux": {...}} only)."""
+    if not produces_logits(head):
+        if isinstance(result, torch.Tensor) or set(result) != {"aux"}:
+            got = "a tensor" if isinstance(result, torch.Tensor) else f"keys {sorted(result)}"
+            raise ValueError(f"head {name!r} produces no logits, so it returns {{'aux': {{...}}}}; got {got}")
+    else:
+        if isinstance(result, torch.Tensor):
+            result = {"logits": result}
+        unknown = set(result) - {"logits", "sub", "aux"}
+        if unknown or "logits" not in result:
+            raise ValueError(f"head {name!r} returned keys {sorted(result)}; a head returns logits or "
+                             "{'logits': ..., 'sub': {...}, 'aux': {...}}")
+        logits[name] = result["logits"]
     for kind, declared, target in (("sub", getattr(head, "sub_heads", ()), logits),
                                    ("aux", getattr(head, "aux_outputs", ()), aux)):
         got = result.get(kind, {})
@@ -140,6 +159,10 @@ class PeerGroup(nn.Module):
     @property
     def head_names(self) -> list[str]:
         return [peer_key(i, h) for i, p in enumerate(self.peers) for h in p.head_names]
+
+    @property
+    def all_head_names(self) -> list[str]:
+        return [peer_key(i, h) for i, p in enumerate(self.peers) for h in p.all_head_names]
 
     @property
     def logit_names(self) -> list[str]:
@@ -300,9 +323,10 @@ def export_state(model: nn.Module, keep: list[str], peer: int = 0) -> dict[str, 
     """State dict with only the kept heads; keeping just `main` gives the plain torchvision layout."""
     if isinstance(model, PeerGroup):
         model = model.peers[peer]
-    unknown = [h for h in keep if h not in model.head_names]
+    have = list(getattr(model, "all_head_names", model.head_names))  # aux-only heads (hint) may be kept too
+    unknown = [h for h in keep if h not in have]
     if unknown:
-        raise ConfigError(f"cannot keep head(s) {unknown}: the model has {model.head_names}")
+        raise ConfigError(f"cannot keep head(s) {unknown}: the model has {have}")
     state = {}
     for key, value in model.state_dict().items():
         if key.startswith("fc.") and "main" not in keep:
@@ -311,3 +335,15 @@ def export_state(model: nn.Module, keep: list[str], peer: int = 0) -> dict[str, 
             continue
         state[key] = value.detach().clone().contiguous()
     return state
+
+
+def stage_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The backbone's stage maps (layer1..layer4 for a ResNet) of a classifier on input `x`, heads not run
+    (e.g. a frozen teacher's hint targets); a peer group gives peer 0's."""
+    if isinstance(model, PeerGroup):
+        model = model.peers[0]
+    backbone = getattr(model, "_backbone", None)
+    if backbone is None:
+        raise ConfigError(f"a {type(model).__name__} model exposes no backbone stage maps (a linearised model's "
+                          "are not its function's); use a plain classifier")
+    return backbone.forward_features(x, stages=True)[1]

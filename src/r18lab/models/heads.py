@@ -15,9 +15,16 @@ class Head(nn.Module):
 
     The classifier reports sub-logits as `<head>.<sub>` beside the head's own logits and aux outputs as
     `<head>.<aux>` in `ModelOutput.aux`; `needs_stages` asks for the stage maps.
+
+    A head with `produces_logits = False` (e.g. `hint`, FitNets' regressor) computes aux outputs only: it returns
+    {"aux": {...}} (no "logits", no "sub"), is left out of `Classifier.head_names` / `logit_names` (so neither
+    `heads: all` in an objective nor evaluation sees it) and is listed in `Classifier.all_head_names` (what
+    `export --keep` may name).
     """
 
     needs_stages = False
+    #: False for a head that returns only aux outputs (see the class docstring).
+    produces_logits = True
     #: True when this head teaches the `main` head through the gradient gate (paper 000, sec. 2.1).
     gates_main = False
     #: names of the per-sub-head logits the head returns under "sub" (e.g. one per Gramian head).

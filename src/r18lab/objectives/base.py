@@ -56,6 +56,9 @@ class ObjectiveContext:
     #: every key of the model output's logits (top-level heads, sub-heads `ga.0`, peers `peer1/main`) and aux
     logit_names: list[str] = field(default_factory=list)
     aux_names: list[str] = field(default_factory=list)
+    #: the student's built top-level heads by name (a peer group's peer 0), read-only, so an objective can check
+    #: a head's declared options when it is built (e.g. hint's `stage`, `teacher_channels`); {} when unknown
+    head_modules: dict[str, Any] = field(default_factory=dict)
 
     def load(self, path: str) -> "LoadedModel":
         """`load_checkpoint(path)`, or the library's loader onto `device` when the context has none."""

@@ -1,15 +1,15 @@
 """Distillation objectives: offline KD (Hinton et al. 2015), DML (Zhang et al. 2018), KDCL (Guo et al. 2020)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..models.io import renormalize
 from ..registry import OBJECTIVES
 from .base import Batch, Objective, ObjectiveContext
+from .teacher import load_frozen_teacher
 
 
 def kl_to_target(student_logits: torch.Tensor, target_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -105,57 +105,24 @@ class KnowledgeDistillation(Objective):
     def __init__(self, ctx: ObjectiveContext, teacher: str | None = None, teacher_head: str = "main",
                  head: str = "main", temperature: float = 4.0, weight: float = 0.9,
                  reduction: str = "batchmean") -> None:
-        if not teacher:
-            raise ConfigError("objective kd needs a teacher: set teacher=PATH/model.safetensors, "
-                              "or per entry objective=[ce, {name: kd, teacher: PATH}]")
         if reduction not in KD_REDUCTIONS:
             raise ConfigError(f"objective kd: unknown reduction {reduction!r}; choose one of "
                               f"{', '.join(KD_REDUCTIONS)}")
         self.reduction = reduction
         self._kd = KD_REDUCTIONS[reduction]
-        if not isinstance(teacher, (str, Path)):
-            raise ConfigError(f"objective kd takes one teacher path, got {teacher!r}; for several teachers use one "
-                              "kd entry each with distinct tags: [ce, {name: kd, teacher: A}, "
-                              "{name: kd, teacher: B, tag: t2}]")
         if head not in ctx.head_names:
             raise ConfigError(f"objective kd: unknown head {head!r}; the model has {ctx.head_names}")
         self.head, self.teacher_head = head, teacher_head
         self.temperature = _positive_temperature(temperature, "kd")
         self.weight = float(weight)
-        student_pre = ctx.preprocessing
-        if student_pre is None:
-            raise ConfigError("objective kd: the student's preprocessing is unknown (ObjectiveContext.preprocessing "
-                              "is None), so the teacher's input cannot be re-normalised; build the context with it")
-
-        loaded = ctx.load(str(teacher))
-        self.teacher_path, self.teacher_identity = loaded.path, loaded.identity
-        self.teacher = loaded.model.eval().requires_grad_(False)
-        pre = loaded.preprocessing
-        if pre is None:
-            raise CheckpointError(f"objective kd: teacher {teacher} carries no preprocessing (written before r18lab "
-                                  "stored it), so it cannot be fed correctly; re-train the teacher with this r18lab")
-        t_size, s_size = tuple(pre.input_size), tuple(student_pre.input_size)
-        if t_size[0] != s_size[0] or pre.channel_order != student_pre.channel_order:
-            raise ConfigError(f"objective kd: teacher {teacher} takes {t_size[0]}-channel {pre.channel_order} "
-                              f"images but the student gets {s_size[0]}-channel {student_pre.channel_order}; "
-                              "use a teacher trained on the same kind of images")
-        if t_size[1:] != s_size[1:]:
-            raise ConfigError(f"objective kd: teacher {teacher} was trained on {t_size[1]}×{t_size[2]} images but "
-                              f"the student gets {s_size[1]}×{s_size[2]}; set data.image_size={t_size[1]} or use a "
-                              "teacher trained at this size")
-        t_classes = loaded.spec.get("num_classes", getattr(self.teacher, "num_classes", None))
-        if t_classes is not None and t_classes != ctx.num_classes:
-            raise ConfigError(f"objective kd: the teacher has {t_classes} classes but this data has "
-                              f"{ctx.num_classes}; set teacher= to a model trained on the same classes")
-        if pre.classes and student_pre.classes and tuple(pre.classes) != tuple(student_pre.classes):
-            raise ConfigError(f"objective kd: the teacher's classes {list(pre.classes)[:5]} differ from this data's "
-                              f"{list(student_pre.classes)[:5]} (names or order); use a teacher trained on "
-                              "the same classes")
+        frozen = load_frozen_teacher(ctx, teacher, "kd")
+        self.teacher_path, self.teacher_identity = frozen.path, frozen.identity
+        self.teacher = frozen.model
+        self.student_preprocessing, self.teacher_preprocessing = frozen.student_preprocessing, frozen.preprocessing
         heads = list(getattr(self.teacher, "head_names", ["main"]))
         if teacher_head not in heads:
             raise ConfigError(f"objective kd: the teacher has no head {teacher_head!r}; set teacher_head to one "
                               f"of {heads}")
-        self.student_preprocessing, self.teacher_preprocessing = student_pre, pre
 
     def term_names(self) -> list[str]:
         return ["kd"]

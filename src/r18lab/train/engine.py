@@ -156,7 +156,8 @@ class Trainer:
                                load_checkpoint=lambda path: load_checkpoint(path, self.device),
                                preprocessing=self.preprocessing,
                                logit_names=list(getattr(self.model, "logit_names", self.model.head_names)),
-                               aux_names=list(getattr(self.model, "aux_names", [])))
+                               aux_names=list(getattr(self.model, "aux_names", [])),
+                               head_modules=dict(getattr(getattr(self.model, "peers", [self.model])[0], "heads", {})))
         self.objectives = build_objectives(specs(self.cfg.objective, "objective"), ctx)
         self.hooks = [build_hook(n, p) for n, p in specs(self.cfg.hooks, "hook")]
         self._before_step = [h for h in self.hooks if overrides(h, "before_step")]
