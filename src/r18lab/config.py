@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -16,12 +16,51 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ResizedCropConfig(Strict):
+    """torchvision RandomResizedCrop's ranges: area fraction `scale` and aspect ratio w/h `ratio` (defaults its own)."""
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "ResizedCropConfig":
+        (s0, s1), (r0, r1) = self.scale, self.ratio
+        if not (0 < s0 <= s1 <= 1) or not (0 < r0 <= r1 < float("inf")):
+            raise ValueError(f"needs scale [lo, hi] with 0 < lo <= hi <= 1 and ratio [lo, hi] with 0 < lo <= hi; "
+                             f"got scale {list(self.scale)}, ratio {list(self.ratio)}")
+        return self
+
+
 class AugmentConfig(Strict):
-    crop: Union[int, None, Literal["auto"]] = "auto"  # "auto": the image size; None: no crop
+    crop: Union[int, None, Literal["auto"]] = "auto"  # "auto": the image size; None: no crop (with RRC: output size)
     padding: int = Field(4, ge=0)
     pad_mode: Literal["zero", "reflect"] = "zero"
     flip: bool = True
     cutout: int = Field(0, ge=0)
+    color_jitter: list[float] | None = None  # [brightness, contrast, saturation, hue], torchvision ColorJitter
+    color_jitter_p: float = Field(1.0, ge=0, le=1)  # probability per image that the jitter is applied
+    grayscale_p: float = Field(0.0, ge=0, le=1)  # probability per image of greyscale (3 equal channels)
+    random_resized_crop: ResizedCropConfig | None = None  # replaces pad-and-crop (needs padding: 0); true = defaults
+
+    @field_validator("color_jitter")
+    @classmethod
+    def _jitter(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) != 4 or min(v) < 0 or v[3] > 0.5 or any(x != x or x == float("inf") for x in v)):
+            raise ValueError("color_jitter is [brightness, contrast, saturation, hue] with each >= 0 and hue <= 0.5 "
+                             "(torchvision ColorJitter), e.g. [0.4, 0.4, 0.4, 0.1]")
+        return v
+
+    @field_validator("random_resized_crop", mode="before")
+    @classmethod
+    def _rrc_flag(cls, v: Any) -> Any:
+        return {} if v is True else None if v is False else v
+
+    @model_validator(mode="after")
+    def _rrc_replaces_padding(self) -> "AugmentConfig":
+        if self.random_resized_crop is not None and self.padding > 0:
+            raise ValueError(f"random_resized_crop replaces pad-and-crop but padding is {self.padding}; "
+                             "set data.augment.padding=0")
+        return self
 
 
 class DataConfig(Strict):
@@ -102,15 +141,15 @@ class RunConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _teacher_into_objectives(cls, tree: Any) -> Any:
-        """`teacher=PATH` (the pre-0.2 form) becomes the `teacher` parameter of each `kd` entry lacking one."""
+        """`teacher=PATH` (the pre-0.2 form) becomes the `teacher` parameter of each teacher entry (kd, hint) lacking one."""
         if not isinstance(tree, dict) or not tree.get("teacher"):
             return tree
         tree = dict(tree)
         path = tree.pop("teacher")
         entries = []
         for e in tree.get("objective", ["ce"]):
-            if e == "kd":
-                e = {"name": "kd"}
+            if isinstance(e, str) and e in TEACHER_OBJECTIVES:
+                e = {"name": e}
             if isinstance(e, dict) and e.get("name") in TEACHER_OBJECTIVES and "teacher" not in e:
                 e = {**e, "teacher": path}
             entries.append(e)
@@ -132,7 +171,7 @@ class RunConfig(Strict):
 
 
 #: objectives whose `teacher` parameter names frozen weights (their identity enters the run identity)
-TEACHER_OBJECTIVES = ("kd",)
+TEACHER_OBJECTIVES = ("kd", "hint")
 
 
 def specs(entries: list[Union[str, dict[str, Any]]], kind: str) -> list[tuple[str, dict[str, Any]]]:
@@ -206,6 +245,8 @@ def _format_error(err: ValidationError) -> str:
         return f"unknown config key {key!r}; valid keys here: {valid}"
     if e["type"] == "literal_error":
         return f"invalid value for {key!r}: {e['input']!r}; {e['msg'].replace('Input should be ', 'choose ')}"
+    if e["type"] == "value_error" and isinstance(e.get("input"), dict):  # a check across a section's keys
+        return f"invalid {key}: {e['msg'].removeprefix('Value error, ')}"
     return f"invalid value for {key!r}: {e.get('input')!r} ({e['msg']})"
 
 
@@ -213,9 +254,11 @@ def _section_for(loc: tuple) -> type[BaseModel] | None:
     model: type[BaseModel] = RunConfig
     for part in loc:
         field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        options = (field.annotation, *get_args(field.annotation)) if field is not None else ()
+        found = [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]  # X or Optional[X]
+        if not found:
             return None
-        model = field.annotation
+        model = found[0]
     return model
 
 

@@ -100,8 +100,12 @@ def prepare(cfg, out_dir: Path, device: torch.device) -> TrainingData:
     x_test, y_test = to_device_tensors(test, device)
     a = d.augment
     crop = x_tr.shape[-1] if a.crop == "auto" else a.crop
+    rrc = a.random_resized_crop
     augment = Augment(crop=crop, padding=a.padding, pad_mode=a.pad_mode, flip=a.flip, cutout=a.cutout,
-                      mean=list(pre.mean), std=list(pre.std))
+                      mean=list(pre.mean), std=list(pre.std),
+                      color_jitter=None if a.color_jitter is None else tuple(a.color_jitter),
+                      color_jitter_p=a.color_jitter_p, grayscale_p=a.grayscale_p,
+                      random_resized_crop=None if rrc is None else (rrc.scale, rrc.ratio))
     loader = BatchLoader(x_tr, y_tr, batch_size=min(t.batch_size, len(y_tr)), shuffle=True,
                          drop_last=t.drop_last, seed=cfg.seed, augment=augment)
     return TrainingData(loader, x_test, y_test, list(train.classes), idx, pre)
