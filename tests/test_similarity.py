@@ -206,7 +206,8 @@ def test_colour_on_a_grey_image_is_brightness_only():
 def test_hue_shift_by_a_third_turns_red_into_green():
     red = torch.zeros(1, 3, 2, 2)
     red[:, 0] = 1.0
-    green = S._adjust_hue(red, torch.tensor([1 / 3]))
+    from r18lab.data.color import adjust_hue
+    green = adjust_hue(red, torch.tensor([1 / 3]))
     assert torch.allclose(green, torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1).expand_as(red), atol=1e-5)
 
 

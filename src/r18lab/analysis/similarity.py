@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..data.color import color_jitter
 from .nets import Net, same_classes
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -228,81 +229,17 @@ def identity(x01: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x01
 
 
-def _grey(x: torch.Tensor) -> torch.Tensor:
-    """Luma 0.299R + 0.587G + 0.114B (ITU-R 601, PIL's "L"; torchvision uses 0.2989), N×1×H×W."""
-    if x.shape[1] == 1:
-        return x
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
-
-
-def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """clamp(f·x + (1 − f)·other, 0, 1) per image (torchvision's `_blend`)."""
-    f = factor.to(x.dtype).view(-1, 1, 1, 1)
-    return (f * x + (1 - f) * other).clamp(0, 1)
-
-
-def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """RGB in [0, 1] → (h in [0, 1), s, v), N×H×W each (the colorsys formulas, batched)."""
-    r, g, b = x.unbind(1)
-    v, _ = x.max(1)
-    c = v - x.min(1)[0]
-    flat = c == 0
-    s = torch.where(v > 0, c / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v))
-    d = torch.where(flat, torch.ones_like(c), c)
-    rc, gc, bc = (v - r) / d, (v - g) / d, (v - b) / d
-    h = torch.where(v == r, bc - gc, torch.where(v == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(flat, torch.zeros_like(h), torch.remainder(h / 6.0, 1.0))
-    return h, s, v
-
-
-def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(h, s, v) → RGB N×3×H×W (the colorsys sector formulas, batched)."""
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.long() % 6
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    sectors = {0: (v, t, p), 1: (q, v, p), 2: (p, v, t), 3: (p, q, v), 4: (t, p, v), 5: (v, p, q)}
-    out = torch.zeros((len(h), 3, *h.shape[1:]), dtype=h.dtype, device=h.device)
-    for k, rgb in sectors.items():
-        out = torch.where((i == k).unsqueeze(1), torch.stack(rgb, 1), out)
-    return out.clamp(0, 1)
-
-
-def _adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """h ← (h + shift) mod 1 per image in HSV (torchvision's adjust_hue); no-op on one channel."""
-    if x.shape[1] == 1:
-        return x
-    h, s, v = _rgb_to_hsv(x)
-    return _hsv_to_rgb(torch.remainder(h + shift.to(x.dtype).view(-1, 1, 1), 1.0), s, v)
-
-
 def color_transform(strength: float, hue: float | None = None) -> Transform:
-    """torchvision ColorJitter(brightness=s, contrast=s, saturation=s, hue=h) per image: factors ~ U[max(0, 1−s), 1+s],
-    hue shift ~ U[−h, h] (h ≤ 0.5; None = no hue step), the four steps in a random order per image, each clamped to
-    [0, 1]; brightness f·x, contrast blend with the image's mean luma, saturation blend with its luma (spec 002c M3,
-    §6.3: strength s is torchvision's factor range, not a 'magnitude ~ U[0, s]')."""
+    """torchvision ColorJitter(brightness=s, contrast=s, saturation=s, hue=h) per image, the training-time op
+    (`data.color.color_jitter`): factors ~ U[max(0, 1−s), 1+s], hue shift ~ U[−h, h] (None = no hue step), the four
+    steps in a random order per image (spec 002c M3, §6.3: s is torchvision's factor range, not a 'magnitude ~ U[0, s]')."""
     if not strength >= 0:
         raise ConfigError(f"colour strength must be ≥ 0, got {strength}")
     if hue is not None and not 0 <= hue <= 0.5:
         raise ConfigError(f"hue must be in [0, 0.5] (torchvision's range) or None, got {hue}")
 
     def transform(x01: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n, dev = len(x01), x01.device
-        order = torch.argsort(_uniform((n, 4), 0.0, 1.0, generator, dev), dim=1)
-        factors = _uniform((n, 3), max(0.0, 1.0 - strength), 1.0 + strength, generator, dev)
-        shifts = None if hue is None else _uniform((n,), -hue, hue, generator, dev)
-        ops = [lambda x, r: _blend(x, torch.zeros_like(x), factors[r, 0]),
-               lambda x, r: _blend(x, _grey(x).mean((1, 2, 3), keepdim=True), factors[r, 1]),
-               lambda x, r: x if x.shape[1] == 1 else _blend(x, _grey(x), factors[r, 2]),
-               lambda x, r: x if shifts is None else _adjust_hue(x, shifts[r])]
-        out = x01
-        for step in range(4):
-            for k, op in enumerate(ops):
-                rows = (order[:, step] == k).nonzero().squeeze(1)
-                if len(rows):
-                    out = out.index_copy(0, rows, op(out[rows], rows))
-        return out
+        return color_jitter(x01, [strength, strength, strength, hue or 0.0], generator)
 
     return transform
 
