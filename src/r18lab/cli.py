@@ -429,7 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "[--batch B] [--seed S] [--task classes|cifar2]: empirical NTK of a one-logit "
                                     "model on N train + M test images — eigen.npz (for data.task eigenfunction), "
                                     "spectrum, alignment, energy concentration; --against: kernel distance and "
-                                    "alignment profile (spec 002d)")
+                                    "alignment profile (spec 002d). similarity STUDENT... --teacher T --data SOURCE "
+                                    "[--baseline S] [--measures ...]: what students inherit from a teacher, with "
+                                    "intervals and paired differences (spec 002c)")
     an.add_argument("analysis", choices=list(ANALYSES))
     an.add_argument("paths", nargs="+", metavar="path",
                     help="model.safetensors (several: one table each, one plot); embedding, ensemble: "
@@ -495,6 +497,17 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--route", choices=["auto", "dense", "matvec"],
                     help="ntk: auto (default: dense when K and a block of J rows fit in free memory), dense (K = J "
                          "Jᵀ, all eigenpairs), matvec (K v = J(Jᵀ v), top-k by Lanczos; no K)")
+    an.add_argument("--teacher", metavar="CKPT", help="similarity: the teacher every student is compared with")
+    an.add_argument("--baseline", metavar="CKPT", help="similarity: the independent student (one of the positionals) "
+                                                       "the others' paired differences are taken against")
+    an.add_argument("--baseline2", metavar="CKPT", help="similarity: a second independent student (cam's "
+                                                        "Ind-vs-Ind sanity row, ≈ 50 %%)")
+    an.add_argument("--foreign", metavar="CKPT", help="similarity: an unrelated network for adv:foreign (the attack "
+                                                      "transferred from it instead of the teacher)")
+    an.add_argument("--measures", help="similarity: comma-separated, from agreement, cka, cam, adv, adv:foreign, "
+                                       "invariance:color|crop|shift, consensus:<domain>, boundary (default: all but "
+                                       "adv:foreign, consensus on grayscale)")
+    an.add_argument("--n", type=_positive_int, help="similarity: images, a class-balanced seeded subset (default 2000)")
     an.add_argument("--task", choices=["classes", "cifar2"], help="ntk: the labels — the data's classes (default; "
                                                                   "must be two) or CIFAR2 (classes 0–4 → 1)")
 

@@ -9,6 +9,9 @@ full-spectrum distance D of each mask (spec 002a §1.5–1.7; `masks_command`).
 ntk CKPT --data SOURCE: empirical NTK of a one-logit model on N + M images — eigen.npz, spectrum, alignment,
 energy concentration, and against a second checkpoint kernel distance and alignment profile (spec 002d §6;
 `ntk_command`).
+similarity STUDENT... --teacher T --data SOURCE: what students inherit from a teacher — Grad-CAM, adversarial
+transfer, invariances, consensus on generated domains, decision boundaries, CKA, agreement (paper 002c;
+`similarity_command`).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def run_analysis(a: argparse.Namespace) -> int:
             if getattr(a, opt, None) is not None:
                 raise ConfigError(f"--{opt.replace('_', '-')} belongs to `r18lab analyze {other}`, not "
                                   f"`analyze {a.analysis}`; drop it")
-    if getattr(a, "overrides", None) and a.analysis not in ("embedding", "ensemble", "ntk"):
+    if getattr(a, "overrides", None) and a.analysis not in ("embedding", "ensemble", "ntk", "similarity"):
         raise ConfigError(f"`analyze {a.analysis}` takes no key=value options ({a.overrides[0]!r}); drop them")
     return fn(a)
 
@@ -288,6 +291,12 @@ def run_masks(a: argparse.Namespace) -> int:
     return run(a)
 
 
+def run_similarity(a: argparse.Namespace) -> int:
+    """Teacher–student similarity table with intervals and paired differences (`similarity_command`)."""
+    from .similarity_command import run_similarity as run
+    return run(a)
+
+
 def run_ntk(a: argparse.Namespace) -> int:
     """Empirical NTK eigenpairs, alignment, energy and the against-comparison (`ntk_command.run_ntk`)."""
     from .ntk_command import run_ntk as run
@@ -302,5 +311,7 @@ ANALYSES: dict[str, tuple] = {
     "masks": (run_masks, {"at", "reference"}),
     "ntk": (run_ntk, {"data", "n_train", "n_test", "k", "out", "against", "head", "route", "batch_size", "seed",
                       "task", "device"}),
+    "similarity": (run_similarity, {"data", "teacher", "baseline", "baseline2", "foreign", "measures", "n", "split",
+                                    "seed", "labels", "out", "batch_size", "device"}),
 }
 """name → (function, the options only this analysis reads; others' options are refused)."""

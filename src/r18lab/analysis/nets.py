@@ -43,9 +43,9 @@ class Net:
         self.model.eval()
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu", head: str = "main") -> "Net":
+    def load(cls, path: str | Path, device: torch.device | str = "cpu", head: str = "main", name: str = "") -> "Net":
         loaded = load_checkpoint(path, device)
-        return cls(loaded.model, require_preprocessing(loaded), head, str(path))
+        return cls(loaded.model, require_preprocessing(loaded), head, name or str(path))
 
     @property
     def device(self) -> torch.device:

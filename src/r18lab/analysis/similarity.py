@@ -368,23 +368,31 @@ def _class_iou(pa: torch.Tensor, pb: torch.Tensor) -> float:
     return float(((a & b).sum(1).double() / (a | b).sum(1).double()).mean())
 
 
+def plane_predictions(net: Net, triplets: torch.Tensor, resolution: int = 50, margin: float = 0.1,
+                      batch_size: int = 256) -> list[torch.Tensor]:
+    """The net's labels on the resolution² grid of each triplet's plane (`plane_grid`), one tensor per triplet."""
+    if triplets.ndim < 3 or triplets.shape[1] != 3 or len(triplets) == 0:
+        raise ConfigError(f"triplets must be T×3×C×H×W images (T ≥ 1), got shape {tuple(triplets.shape)}")
+    return [net.predict(plane_grid(x1, x2, x3, resolution, margin).images, batch_size) for x1, x2, x3 in triplets]
+
+
+def boundary_from_predictions(preds_a: list[torch.Tensor], preds_b: list[torch.Tensor]) -> dict:
+    """`iou` = mean over planes of the class-mean IoU of two nets' grid labels, `agreement` = mean fraction of grid
+    points labelled alike (fractions in [0, 1]; both reported, spec 002c §6.7), and the per-plane values."""
+    iou = torch.tensor([_class_iou(a, b) for a, b in zip(preds_a, preds_b)], dtype=torch.float64)
+    agree = torch.tensor([float((a == b).double().mean()) for a, b in zip(preds_a, preds_b)], dtype=torch.float64)
+    return {"iou": float(iou.mean()), "agreement": float(agree.mean()), "iou_per_triplet": iou,
+            "agreement_per_triplet": agree, "triplets": len(preds_a)}
+
+
 def boundary_similarity(net_a: Net, net_b: Net, triplets: torch.Tensor, resolution: int = 50,
                         margin: float = 0.1, batch_size: int = 256) -> dict:
     """Decision-boundary similarity over T×3×C×H×W image triplets (paper §6 Table 1, Somepalli et al. 2022):
-    `iou` = mean over triplets of the class-mean IoU of the two nets' grid labels, `agreement` = mean fraction of
-    grid points labelled alike (fractions in [0, 1]; both reported, spec 002c §6.7), plus the per-triplet values."""
+    `boundary_from_predictions` of both nets' `plane_predictions`."""
     same_classes(net_a, [net_b])
-    if triplets.ndim < 3 or triplets.shape[1] != 3 or len(triplets) == 0:
-        raise ConfigError(f"triplets must be T×3×C×H×W images (T ≥ 1), got shape {tuple(triplets.shape)}")
-    ious, agrees = [], []
-    for x1, x2, x3 in triplets:
-        images = plane_grid(x1, x2, x3, resolution, margin).images
-        pa, pb = net_a.predict(images, batch_size), net_b.predict(images, batch_size)
-        ious.append(_class_iou(pa, pb))
-        agrees.append(float((pa == pb).double().mean()))
-    iou, agree = torch.tensor(ious, dtype=torch.float64), torch.tensor(agrees, dtype=torch.float64)
-    return {"iou": float(iou.mean()), "agreement": float(agree.mean()), "iou_per_triplet": iou,
-            "agreement_per_triplet": agree, "triplets": len(triplets), "resolution": resolution, "margin": margin}
+    out = boundary_from_predictions(plane_predictions(net_a, triplets, resolution, margin, batch_size),
+                                    plane_predictions(net_b, triplets, resolution, margin, batch_size))
+    return {**out, "resolution": resolution, "margin": margin}
 
 
 def sample_triplets(labels, n: int, generator: torch.Generator, mode: str = "random") -> torch.Tensor:
