@@ -4,6 +4,7 @@ from . import lowdata  # noqa: F401  (registers lowdata, compare)
 from . import kdgrid  # noqa: F401
 from . import pai  # noqa: F401
 from . import linearized  # noqa: F401
+from . import similarity  # noqa: F401
 from .base import Protocol, RunContext, RunResult
 from .executors import EXECUTORS, Executor
 from .spec import RunSpec
