@@ -17,6 +17,7 @@ import torch
 
 from ..errors import ConfigError
 from .nets import Net, to_unit
+from .similarity import min_n
 from .similarity_suite import (Suite, SuiteOptions, interval, measure_names, paired_difference, run_suite,
                                split_measure)
 
@@ -91,6 +92,8 @@ def run_similarity(a: argparse.Namespace) -> int:
         raise ConfigError(f"{source} names its classes {list(ds.classes)[:4]}… but the teacher was trained on "
                           f"{list(teacher.classes)[:4]}…; use the teacher's data")
     idx = balanced_subset(ds.labels, a.n or 2000, a.seed or 0)
+    if len(idx) < min_n():
+        raise ConfigError(f"too few images ({len(idx)}) for a 95% interval; pass --n {min_n()} or more")
     x01 = to_unit(torch.from_numpy(ds.images[idx]).permute(0, 3, 1, 2).contiguous())
     labels = torch.from_numpy(ds.labels[idx])
     if "cam" in measures and baseline is None:
