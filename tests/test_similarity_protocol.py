@@ -124,3 +124,29 @@ def test_analyze_similarity_cli(finished, capsys, tmp_path):
     assert main(bad) == 2 and "unknown measure 'nope'" in capsys.readouterr().err
     too_few = [a if a != "24" else "5" for a in args]
     assert main(too_few) == 2 and "too few images" in capsys.readouterr().err
+
+
+def test_unknown_tap_names_the_valid_ones(finished, capsys):
+    _, _, p = finished
+    w = str(p.students["ind#0"].out_dir / "model.safetensors")
+    teacher = str(p.teachers["plain"].out_dir / "model.safetensors")
+    rc = main(["analyze", "similarity", w, "--teacher", teacher, "--data", "synthetic", "num_classes=4",
+               "image_size=16", "n=192", "--measures", "cka", "--taps", "layer2,layer9", "--n", "12"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "'layer9' is not a layer" in err and "layer4" in err and len(err.splitlines()) == 1
+
+
+def test_cam_without_baseline_and_other_classes_are_one_line(finished, tmp_path, capsys):
+    _, _, p = finished
+    w = str(p.students["ind#0"].out_dir / "model.safetensors")
+    teacher = str(p.teachers["plain"].out_dir / "model.safetensors")
+    common = ["--teacher", teacher, "--data", "synthetic", "num_classes=4", "image_size=16", "n=192", "--n", "12"]
+    assert main(["analyze", "similarity", w, *common, "--measures", "cam"]) == 2
+    assert "pass --baseline" in capsys.readouterr().err
+    other = tmp_path / "other"
+    assert main(["train", "--out", str(other), "data.source=synthetic",
+                 "data.options={num_classes: 3, image_size: 16, n: 96}", "model.width=0.0625", "train.epochs=1",
+                 "train.progress=none"]) == 0
+    capsys.readouterr()
+    assert main(["analyze", "similarity", str(other / "model.safetensors"), *common, "--measures", "agreement"]) == 2
+    assert "same task" in capsys.readouterr().err

@@ -507,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--measures", help="similarity: comma-separated, from agreement, cka, cam, adv, adv:foreign, "
                                        "invariance:color|crop|shift, consensus:<domain>, boundary (default: all but "
                                        "adv:foreign, consensus on grayscale)")
+    an.add_argument("--taps", help="similarity: comma-separated layers for cka (default relu,layer1,...,layer4,"
+                                   "features,logits)")
     an.add_argument("--n", type=_positive_int, help="similarity: images, a class-balanced seeded subset (default 2000)")
     an.add_argument("--task", choices=["classes", "cifar2"], help="ntk: the labels — the data's classes (default; "
                                                                   "must be two) or CIFAR2 (classes 0–4 → 1)")

@@ -311,7 +311,7 @@ ANALYSES: dict[str, tuple] = {
     "masks": (run_masks, {"at", "reference"}),
     "ntk": (run_ntk, {"data", "n_train", "n_test", "k", "out", "against", "head", "route", "batch_size", "seed",
                       "task", "device"}),
-    "similarity": (run_similarity, {"data", "teacher", "baseline", "baseline2", "foreign", "measures", "n", "split",
+    "similarity": (run_similarity, {"data", "teacher", "baseline", "baseline2", "foreign", "measures", "n", "split", "taps",
                                     "seed", "labels", "out", "batch_size", "device"}),
 }
 """name → (function, the options only this analysis reads; others' options are refused)."""

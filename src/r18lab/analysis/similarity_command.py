@@ -98,7 +98,15 @@ def run_similarity(a: argparse.Namespace) -> int:
     labels = torch.from_numpy(ds.labels[idx])
     if "cam" in measures and baseline is None:
         raise ConfigError("measure cam compares each student with the baseline student: pass --baseline PATH")
-    options = SuiteOptions(seed=a.seed or 0, batch_size=a.batch_size or 256)
+    taps = tuple(t.strip() for t in a.taps.split(",") if t.strip()) if a.taps else None
+    if taps and "cka" in measures:  # a tap missing in any model is one line naming the valid taps, before any work
+        from .similarity import tap_names
+        for net in [teacher, *students.values()]:
+            missing = [t for t in taps if t not in tap_names(net.model)]
+            if missing:
+                raise ConfigError(f"--taps {missing[0]!r} is not a layer of {net.name}; valid taps: "
+                                  f"{', '.join(tap_names(net.model))}")
+    options = SuiteOptions(seed=a.seed or 0, batch_size=a.batch_size or 256, taps=taps)
     suite = Suite(teacher, x01, labels, baseline, baseline2, foreign, options)
     out = Path(a.out) if a.out else None
     if out is not None and out.exists() and not out.is_dir():

@@ -51,6 +51,7 @@ class SuiteOptions:
     triplets: int = 50  # M10
     resolution: int = 50
     cka_images: int = 500  # M11
+    taps: tuple[str, ...] | None = None  # M11: layer taps (None: stem, four stages, pooled, logits)
     cam_layer: str = "layer4"  # M1
     batch_size: int = 256
 
@@ -225,9 +226,9 @@ def _cka(suite: Suite, student: Net, arg: str) -> Score:
     """M11: linear CKA between the teacher's and the student's taps (stem, four stages, pooled, logits) on the first
     `cka_images` images; the value is the mean of the diagonal (corresponding layers). No interval."""
     x = suite.x01[: suite.options.cka_images]
-    taps = default_taps(suite.teacher)
-    t = suite.cached("taps:teacher", lambda: layer_taps(suite.teacher, x, taps))
-    names_t, names_s, mat = cka_matrix(t, layer_taps(student, x, default_taps(student)))
+    taps = suite.options.taps
+    t = suite.cached("taps:teacher", lambda: layer_taps(suite.teacher, x, taps or default_taps(suite.teacher)))
+    names_t, names_s, mat = cka_matrix(t, layer_taps(student, x, taps or default_taps(student)))
     diag = [float(mat[i, i]) for i in range(min(mat.shape))]
     return Score(float(np.nanmean(diag)), None, False, {"taps_teacher": names_t, "taps_student": names_s,
                                                         "matrix": mat.tolist(), "diagonal": diag}, scale=1.0)
