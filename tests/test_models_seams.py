@@ -224,7 +224,7 @@ def test_transforms_apply_in_order_before_the_heads():
     (dict(transforms=["no_residual", "no_residual"]),
      "transform no_residual: backbone ResNet has no residual shortcut to remove; drop no_residual from "
      "model.transforms"),
-    (dict(transforms=["nope"]), "unknown model transform 'nope'; choose one of: grouped, no_residual, seams_project"),
+    (dict(transforms=["nope"]), "unknown model transform 'nope'; choose one of: grouped, linearize, no_residual, seams_project"),
     (dict(transforms=[{"name": "no_residual", "x": 1}]), "unknown option 'x' for model transform 'no_residual'; "
                                                         "valid: none"),
     (dict(transforms="no_residual"), "transforms must be a list, got 'no_residual'"),
