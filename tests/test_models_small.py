@@ -10,7 +10,8 @@ import r18lab.models.classifier  # noqa: F401  (registers the other backbones an
 import r18lab.models.small  # noqa: F401  (registers mlp, lenet)
 from r18lab.errors import ConfigError
 from r18lab.models.classifier import create_model
-from r18lab.models.small import ACTIVATIONS, LeNet, MLP, make_activation
+from r18lab.models.activations import ACTIVATIONS, make_activation
+from r18lab.models.small import LeNet, MLP
 from r18lab.registry import BACKBONES
 
 
