@@ -190,14 +190,14 @@ def claims(c2: list[dict], probe: list[dict], eig: list[dict], prof: list[dict],
                     f"{r['95% CI']}", "verdict": r["sign"]})
     for arch in dict.fromkeys(r["architecture"] for r in probe):
         seq = [r for r in probe if r["architecture"] == arch]
-        for key, what in (("distance", "d(K0, Kt) increases monotonically"), ("alignment", "A(Kt, y) increases")):
+        for key, what in (("distance", "d(K0, Kt) increases monotonically"), ("alignment", "A(Kt, y) higher at the last probe than at epoch 0")):
             vals = [r.get(key, math.nan) for r in seq]
             held = _increasing(vals) if key == "distance" else (len(vals) > 1 and vals[-1] > vals[0])
             out.append({"check": f"L3 {arch}", "statement": what,
                         "measured": " → ".join(f"{v:.4g}" for v in vals), "verdict": "held" if held else "not held"})
         for key in sorted({k for r in seq for k in r if k.startswith("energy@") and not k.endswith("std")}):
             vals = [r.get(key, math.nan) for r in seq]
-            out.append({"check": f"L3 {arch}", "statement": f"{key} increases", "measured":
+            out.append({"check": f"L3 {arch}", "statement": f"{key} higher at the last probe than at epoch 0", "measured":
                         " → ".join(f"{v:.4g}" for v in vals),
                         "verdict": "held" if len(vals) > 1 and vals[-1] > vals[0] else "not held"})
     if eig:
