@@ -75,6 +75,7 @@ def test_checks_are_analysed_cached_and_reported(finished, capsys):
     assert math.isnan(a["ind#0"]["cam"]["value"]) is False  # the Ind-vs-Ind row against the second seed
     text = (p.out / "report.md").read_text()
     assert "## A:" in text and "## B:" in text and "kl@color > klstar" in text and "## All claims" in text
+    assert (p.out / "claims.png").stat().st_size > 1000
     capsys.readouterr()
     assert main(["protocol", "similarity", str(recipe), "--out", str(tmp / "out"), "--store", str(tmp / "s.db")]) == 0
     assert "0 to run" in capsys.readouterr().err
@@ -150,3 +151,14 @@ def test_cam_without_baseline_and_other_classes_are_one_line(finished, tmp_path,
     capsys.readouterr()
     assert main(["analyze", "similarity", str(other / "model.safetensors"), *common, "--measures", "agreement"]) == 2
     assert "same task" in capsys.readouterr().err
+
+
+def test_invariance_strength_points():
+    from r18lab.analysis.similarity_suite import split_measure
+    from r18lab.errors import ConfigError
+
+    assert split_measure("invariance:color@0.3") == ("invariance", "color@0.3")
+    assert split_measure("invariance:crop@0.5") == ("invariance", "crop@0.5")
+    for bad in ("invariance:crop@1.5", "invariance:color@x", "invariance:hue@0.2", "invariance:color@-1"):
+        with pytest.raises(ConfigError, match="invariance:<color|crop|shift>@"):
+            split_measure(bad)

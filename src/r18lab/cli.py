@@ -505,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--foreign", metavar="CKPT", help="similarity: an unrelated network for adv:foreign (the attack "
                                                       "transferred from it instead of the teacher)")
     an.add_argument("--measures", help="similarity: comma-separated, from agreement, cka, cam, adv, adv:foreign, "
-                                       "invariance:color|crop|shift, consensus:<domain>, boundary (default: all but "
+                                       "invariance:color|crop|shift[@strength] (e.g. invariance:color@0.3: one point of a "
+                                       "strength curve; hue stays at 0.2), consensus:<domain>, boundary (default: all but "
                                        "adv:foreign, consensus on grayscale)")
     an.add_argument("--taps", help="similarity: comma-separated layers for cka (default relu,layer1,...,layer4,"
                                    "features,logits)")

@@ -93,6 +93,16 @@ def split_measure(name: str) -> tuple[str, str]:
     if kind not in MEASURES:
         raise ConfigError(f"unknown measure {name!r}; choose from {', '.join(measure_names())}")
     choices = ARGUMENTS.get(kind)
+    if kind == "invariance" and "@" in arg:  # invariance:color@0.3 — one point of an agreement-vs-strength curve
+        base, _, value = arg.partition("@")
+        try:
+            strength = float(value)
+        except ValueError:
+            strength = -1.0
+        if base not in choices or not strength >= 0 or (base == "crop" and not 0 < strength <= 1):
+            raise ConfigError(f"measure {name!r}: write invariance:<color|crop|shift>@<strength ≥ 0> (crop: an area "
+                              "fraction in (0, 1], shift: pixels), e.g. invariance:color@0.3")
+        return kind, arg
     if choices is not None and arg not in choices:
         raise ConfigError(f"measure {kind} needs one of {', '.join(f'{kind}:{c}' for c in choices)}, got {name!r}")
     if choices is None and arg:
@@ -130,13 +140,17 @@ def _consensus(suite: Suite, student: Net, domain: str) -> Score:
                   "teacher_acc": float((t == suite.labels).float().mean() * 100)})
 
 
-def _invariance_pair(suite: Suite, kind: str):
+def _invariance_pair(suite: Suite, arg: str):
+    """The two views of `invariance:<kind>[@strength]` (strength default: the suite's option)."""
     o = suite.options
+    kind, _, value = arg.partition("@")
     if kind == "color":
-        return identity, color_transform(o.color_strength, o.color_hue)
+        return identity, color_transform(float(value) if value else o.color_strength, o.color_hue)
     if kind == "crop":
-        return crop_transform(o.crop_area), crop_transform(o.crop_area)
-    return shift_transform(o.max_shift), shift_transform(o.max_shift)
+        area = float(value) if value else o.crop_area
+        return crop_transform(area), crop_transform(area)
+    shift = int(float(value)) if value else o.max_shift
+    return shift_transform(shift), shift_transform(shift)
 
 
 @measure("invariance")

@@ -112,4 +112,31 @@ def write_report(protocol, ctx, title: str) -> str:
                                                    floatfmt=".3g"), ""]
     text = "\n".join(parts)
     atomic_write_text(protocol.out / "report.md", text)
+    if all_claims:
+        plot_claims(all_claims, protocol.out / "claims.png")
     return text
+
+
+def plot_claims(claims: list[dict], path) -> None:
+    """One bar per claim: the paired difference Δ with its 95 % interval, zero marked (Fig. 2–6's comparison)."""
+    from matplotlib.figure import Figure
+
+    from ..results.plots import save_png
+    rows = [c for c in claims if not math.isnan(c["Δ"])]
+    if not rows:
+        return
+    lows = [float(c["95% CI"].strip("[]").split(",")[0]) if c["95% CI"] != "—" else c["Δ"] for c in rows]
+    highs = [float(c["95% CI"].strip("[]").split(",")[1]) if c["95% CI"] != "—" else c["Δ"] for c in rows]
+    fig = Figure(figsize=(7, 0.45 * len(rows) + 1.2))
+    ax = fig.add_subplot()
+    y = range(len(rows))
+    ax.barh(list(y), [c["Δ"] for c in rows], color=["C2" if c["verdict"].startswith("held") else "C7" for c in rows])
+    ax.errorbar([c["Δ"] for c in rows], list(y), xerr=[[c["Δ"] - lo for c, lo in zip(rows, lows)],
+                                                      [hi - c["Δ"] for c, hi in zip(rows, highs)]],
+                fmt="none", ecolor="k", capsize=3)
+    ax.axvline(0, color="k", linewidth=0.8)
+    ax.set_yticks(list(y), [f"{c['check']} {c['claim']}" for c in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("paired difference from the independent student (95 % CI); green: held")
+    fig.tight_layout()
+    save_png(fig, path)
