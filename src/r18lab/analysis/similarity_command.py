@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,8 @@ def run_similarity(a: argparse.Namespace) -> int:
         raise ConfigError("--baseline2 must be another independent student than --baseline")
     foreign = Net.load(a.foreign, device, name="foreign") if a.foreign else None
     ds = data_mod.load(source, split=a.split or "test", **data_options)
-    teacher.preprocessing.check_images((1, *np.moveaxis(ds.images[:1], 3, 1).shape[1:]), f"{source}")
+    n, h, w, c = ds.images.shape
+    teacher.preprocessing.check_images((n, c, h, w), f"{source}")
     if teacher.classes and list(ds.classes) != list(teacher.classes):
         raise ConfigError(f"{source} names its classes {list(ds.classes)[:4]}… but the teacher was trained on "
                           f"{list(teacher.classes)[:4]}…; use the teacher's data")
@@ -111,7 +113,6 @@ def run_similarity(a: argparse.Namespace) -> int:
     out = Path(a.out) if a.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
-    import sys
     result = run_suite(suite, students, measures, log=lambda s: print(s, file=sys.stderr, flush=True))
     base_name = next((n for n, s in students.items() if s is baseline), None)
     table = score_table(result, base_name)

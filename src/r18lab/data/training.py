@@ -54,6 +54,21 @@ def training_indices(cfg, train_labels: np.ndarray, seed: int) -> np.ndarray:
     return np.arange(n)
 
 
+def source_options(d) -> dict:
+    """The options `load` gets for `cfg.data`: the source's own, plus `image_size` when set."""
+    return {**d.options, **({"image_size": d.image_size} if d.image_size else {})}
+
+
+def run_preprocessing(normalize: str, source_train, classes) -> Preprocessing:
+    """A run's input normalisation: per-channel mean/std of the whole training split (whatever the pool or task;
+    a constant channel's std clamped to 1e-6), or /255 only for `normalize: none`."""
+    n, h, w, c = source_train.images.shape
+    if normalize == "dataset":
+        mean, std = channel_stats(source_train)
+        return Preprocessing.of(mean, [max(float(v), 1e-6) for v in std], (c, h, w), classes)
+    return Preprocessing.identity((c, h, w), classes)
+
+
 def test_points(task: Task, size: int | None, labels: np.ndarray, seed: int) -> np.ndarray | None:
     """The test points: the task's own, else a class-balanced subset of `data.test_size`, else all (None)."""
     if task.test_points is not None:
@@ -70,7 +85,7 @@ def test_points(task: Task, size: int | None, labels: np.ndarray, seed: int) -> 
 def prepare(cfg, out_dir: Path, device: torch.device) -> TrainingData:
     """Load the train/test splits of `cfg.data`, choose the pool (saved to out_dir/splits.json), build the loader."""
     d, t = cfg.data, cfg.train
-    opts = {**d.options, **({"image_size": d.image_size} if d.image_size else {})}
+    opts = source_options(d)
     source_train = load(d.source, split=d.train_split, **opts)
     test = load(d.source, split=d.test_split, **opts)
     if source_train.images.shape[1:] != test.images.shape[1:]:
@@ -89,13 +104,7 @@ def prepare(cfg, out_dir: Path, device: torch.device) -> TrainingData:
     if test_idx is not None:
         test = test.subset(test_idx)
     save_split(out_dir / "splits.json", {"train": idx, **({"test": test_idx} if test_idx is not None else {})})
-    h, w, c = test.images.shape[1:]
-    if d.normalize == "dataset":
-        mean, std = channel_stats(source_train)  # the whole training split's statistics, whatever the pool
-        std = [max(float(s), 1e-6) for s in std]  # a constant channel: no division by zero
-        pre = Preprocessing.of(mean, std, (c, h, w), train.classes)
-    else:
-        pre = Preprocessing.identity((c, h, w), train.classes)
+    pre = run_preprocessing(d.normalize, source_train, train.classes)
     x_tr, y_tr = to_device_tensors(train.subset(idx), device)
     x_test, y_test = to_device_tensors(test, device)
     a = d.augment

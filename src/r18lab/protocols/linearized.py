@@ -198,22 +198,20 @@ class Linearized(Protocol):
 
     def _points(self, seed: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray, Any]:
         """The n_train + n_test images (normalised as the runs normalise them), their indices and the data."""
-        from ..data.augment import channel_stats
         from ..data.loading import load
         from ..data.splits import nested_pools
-        from ..models.io import Preprocessing
+        from ..data.training import run_preprocessing, source_options
 
         cfg, e = self._eigen_run_config(seed), self.settings.eigen
         d = cfg.data
-        opts = {**d.options, **({"image_size": d.image_size} if d.image_size else {})}
+        opts = source_options(d)
         train, test = load(d.source, split=d.train_split, **opts), load(d.source, split=d.test_split, **opts)
         for n, ds, what in ((e.n_train, train, "n_train"), (e.n_test, test, "n_test")):
             if n > len(ds):
                 raise ConfigError(f"protocol.eigen.{what}={n} exceeds the {len(ds)} images of the split")
         tr = np.sort(nested_pools(train.labels, [e.n_train], seed=seed)[0])
         te = np.sort(nested_pools(test.labels, [e.n_test], seed=seed + 999)[0])
-        mean, std = channel_stats(train)
-        pre = Preprocessing.of(mean, [max(float(v), 1e-6) for v in std], test.images.shape[1:][::-1], train.classes)
+        pre = run_preprocessing(d.normalize, train, train.classes)  # exactly what the runs normalise with
         images = np.concatenate([train.images[tr], test.images[te]])
         x = pre.normalizer()(torch.from_numpy(images).permute(0, 3, 1, 2))
         return x, tr, te, cfg

@@ -184,6 +184,7 @@ class Similarity(Protocol):
         from ..analysis.similarity_suite import Suite, SuiteOptions, run_suite
         from ..atomic import atomic_write_text
         from ..data.loading import load
+        from ..data.training import source_options
 
         path = self.check_path(name)
         if path.is_file():
@@ -199,7 +200,7 @@ class Similarity(Protocol):
         nets = {k: Net.load(self.students[k].out_dir / "model.safetensors", name=k) for k in keys}
         foreign = Net.load(self.teachers[check.foreign].out_dir / "model.safetensors") if check.foreign else None
         d = build_config(self.base).data
-        ds = load(d.source, split=d.test_split, **d.options)
+        ds = load(d.source, split=d.test_split, **source_options(d))
         idx = balanced_subset(ds.labels, self.settings.images, 0)
         x01 = to_unit(torch.from_numpy(ds.images[idx]).permute(0, 3, 1, 2).contiguous())
         seeds = self.settings.seeds
