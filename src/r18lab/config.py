@@ -79,6 +79,16 @@ class DataConfig(Strict):
     augment: AugmentConfig = AugmentConfig()
 
 
+class InitFromConfig(Strict):
+    """Start from another checkpoint: its whole backbone, and `heads` {this model's head: the checkpoint's head}
+    copied (paper 001 §2: the student starts as the generalist). `preprocessing`: `checkpoint` feeds the run the
+    checkpoint's stored normalisation (what its weights expect; the default), `data` recomputes it from the data."""
+
+    checkpoint: str
+    heads: dict[str, str] = {}
+    preprocessing: Literal["checkpoint", "data"] = "checkpoint"
+
+
 class ModelConfig(Strict):
     name: str = "resnet18"
     stem: Literal["cifar", "imagenet"] = "cifar"
@@ -89,7 +99,13 @@ class ModelConfig(Strict):
     transforms: list[Union[str, dict[str, Any]]] = []  # applied to the built backbone (or model), in order
     num_classes: int | None = Field(None, ge=1)  # output units; None = the task's classes, 1 = one logit (two classes)
     init: str = "default"  # weight initialisation: default (each layer's own) or flax_lecun
+    init_from: InitFromConfig | None = None  # start from a checkpoint's weights (backbone + chosen heads)
     options: dict[str, Any] = {}
+
+    @field_validator("init_from", mode="before")
+    @classmethod
+    def _init_path(cls, v: Any) -> Any:
+        return {"checkpoint": v} if isinstance(v, str) else v
 
 
 class OptimConfig(Strict):
@@ -100,6 +116,17 @@ class OptimConfig(Strict):
     weight_decay: float = Field(5e-4, ge=0)
     no_decay_norm_bias: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
+    #: learning rates by parameter name: {pattern: lr}; a pattern is a glob over parameter names (`layer4.*`) or
+    #: `heads` (fc and every named head) or `backbone` (the rest); the first matching pattern wins, others get `lr`
+    lr_groups: dict[str, float] = {}
+
+    @field_validator("lr_groups")
+    @classmethod
+    def _positive_lrs(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, lr in v.items() if not (lr > 0 and lr != float("inf"))]
+        if bad:
+            raise ValueError(f"every lr in lr_groups must be > 0 and finite; {bad[0]!r} is {v[bad[0]]}")
+        return v
 
 
 class ScheduleConfig(Strict):
@@ -332,26 +359,41 @@ def result_config(cfg: "RunConfig | dict") -> dict:
     return _non_default(tree, default)
 
 
+def _weight_slots(tree: dict) -> list[tuple[Any, Any]]:
+    """(container, key) of every weights path a run config reads: each objective's `teacher` (a path or a list),
+    each `teachers[i].checkpoint` (consolidate), and `model.init_from.checkpoint`."""
+    slots: list[tuple[Any, Any]] = []
+    for e in tree.get("objective", []) if isinstance(tree.get("objective"), list) else []:
+        if not isinstance(e, dict):
+            continue
+        t = e.get("teacher")
+        if isinstance(t, str):
+            slots.append((e, "teacher"))
+        elif isinstance(t, list):
+            slots += [(t, i) for i, x in enumerate(t) if isinstance(x, str)]
+        for entry in e.get("teachers") or [] if isinstance(e.get("teachers"), list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("checkpoint"), str):
+                slots.append((entry, "checkpoint"))
+    init = (tree.get("model") or {}).get("init_from") if isinstance(tree.get("model"), dict) else None
+    if isinstance(init, dict) and isinstance(init.get("checkpoint"), str):
+        slots.append((init, "checkpoint"))
+    return slots
+
+
 def teacher_paths(cfg: "RunConfig | dict") -> list[str]:
-    """Paths of the frozen teachers named by the objectives, in order."""
-    entries = cfg.objective if isinstance(cfg, RunConfig) else cfg.get("objective", [])
-    out = []
-    for e in entries:
-        if isinstance(e, dict):
-            t = e.get("teacher")
-            out += [t] if isinstance(t, str) else [x for x in (t or []) if isinstance(x, str)]
-    return out
+    """Paths of the frozen weights a run reads (the objectives' teachers, model.init_from), in order."""
+    tree = config_dict(cfg) if isinstance(cfg, RunConfig) else cfg
+    return [c[k] for c, k in _weight_slots(tree)]
 
 
 def run_identity(cfg: "RunConfig | dict", teacher_ids: dict[str, str] | None = None) -> str:
-    """16 hex digits of sha256 over (schema, result-affecting config) with each teacher path replaced by the
-    teacher's own run identity (`teacher_ids[path]`), so moving a teacher's folder keeps a student's identity."""
+    """16 hex digits of sha256 over (schema, result-affecting config) with each weights path it reads (teachers,
+    init_from) replaced by that file's run identity (`teacher_ids[path]`), so moving a teacher's folder keeps a
+    student's identity."""
     import hashlib
     tree = result_config(cfg)
     teacher_ids = teacher_ids or {}
-    for e in tree.get("objective", []) if isinstance(tree.get("objective"), list) else []:
-        if isinstance(e, dict) and "teacher" in e:
-            t = e["teacher"]
-            e["teacher"] = ([teacher_ids.get(x, x) for x in t] if isinstance(t, list) else teacher_ids.get(t, t))
+    for container, key in _weight_slots(tree):
+        container[key] = teacher_ids.get(container[key], container[key])
     text = json.dumps({"schema": IDENTITY_SCHEMA, "config": tree}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -22,6 +22,9 @@ class Task:
     test: Dataset
     train_points: np.ndarray | None = None
     test_points: np.ndarray | None = None
+    #: when the task drops images (a class subset): the source row of each kept train image, ascending; index
+    #: files (`data.indices`) still count rows of the source's split and are mapped through it
+    train_source: np.ndarray | None = None
 
 
 @TASKS.register("classes")
@@ -65,6 +68,56 @@ def cifar2(train: Dataset, test: Dataset) -> Task:
         raise ConfigError(f"task cifar2 groups CIFAR-10's ten classes, but the data has {len(train.classes)}; "
                           "use {name: binary, positive: [...]} for other data")
     return binary(train, test, positive=[0, 1, 2, 3, 4])
+
+
+def _class_names(values: Any, names: Sequence[str], who: str) -> list[int]:
+    if isinstance(values, (str, int)) or not isinstance(values, Sequence) or not values:
+        raise ConfigError(f"task {who} needs a non-empty list of classes, e.g. [bird, dog, horse]")
+    out = []
+    for v in values:
+        if not (isinstance(v, str) and v in names):
+            raise ConfigError(f"task {who}: {v!r} is not a class of the data; its classes are {', '.join(names)}")
+        out.append(list(names).index(v))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"task {who}: a class is listed twice in {list(values)}; list each once")
+    return out
+
+
+def _regroup(train: Dataset, test: Dataset, label_of: dict[int, int], names: list[str]) -> Task:
+    """Keep the images of the classes in `label_of` (source label → new label), relabelled; rows in source order."""
+    lookup = np.full(len(train.classes), -1, np.int64)
+    for src, dst in label_of.items():
+        lookup[src] = dst
+    parts = []
+    for ds in (train, test):
+        rows = np.flatnonzero(lookup[ds.labels] >= 0)
+        parts.append((Dataset(ds.images[rows], lookup[ds.labels[rows]], list(names), ds.name), rows))
+    (tr, tr_rows), (te, _) = parts
+    return Task(tr, te, train_source=None if len(tr_rows) == len(train) else tr_rows)
+
+
+@TASKS.register("select")
+def select(train: Dataset, test: Dataset, classes: Sequence[str] = ()) -> Task:
+    """Only the images of `classes` (names), relabelled 0..k−1 in the order given (a class subset task, e.g. a
+    t-split / d-split of paper 001 §3)."""
+    chosen = _class_names(classes, train.classes, "select")
+    return _regroup(train, test, {c: i for i, c in enumerate(chosen)}, [train.classes[c] for c in chosen])
+
+
+@TASKS.register("group")
+def group(train: Dataset, test: Dataset, groups: dict[str, Sequence[str]] | None = None) -> Task:
+    """A label map: each new class is a group of source classes ({animal: [bird, cat, ...], ship: [ship]}), in the
+    order written; classes in no group are dropped (e.g. the coarse generalist of spec 001 §5.1)."""
+    if not isinstance(groups, dict) or not groups:
+        raise ConfigError("task group needs groups: {new_class: [source classes]}, e.g. {name: group, groups: "
+                          "{vehicle: [airplane, automobile], animal: [bird, cat]}}")
+    label_of: dict[int, int] = {}
+    for i, (name, members) in enumerate(groups.items()):
+        for c in _class_names(members, train.classes, f"group ({name})"):
+            if c in label_of:
+                raise ConfigError(f"task group: class {train.classes[c]!r} is in two groups; put it in one")
+            label_of[c] = i
+    return _regroup(train, test, label_of, [str(k) for k in groups])
 
 
 # -- eigenfunction tasks ----------------------------------------------------------------------------------------

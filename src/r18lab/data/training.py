@@ -38,14 +38,24 @@ class TrainingData:
         return len(self.train_indices)
 
 
-def training_indices(cfg, train_labels: np.ndarray, seed: int) -> np.ndarray:
-    """The labelled pool: `data.indices` (a file), else a nested pool of `data.labels`, else everything."""
+def training_indices(cfg, train_labels: np.ndarray, seed: int, source_rows: np.ndarray | None = None) -> np.ndarray:
+    """The labelled pool: `data.indices` (a file of rows of the source's split, mapped through `source_rows` when
+    the task keeps only some of them), else a nested pool of `data.labels`, else everything."""
     n = len(train_labels)
     if cfg.indices is not None:
         if cfg.labels is not None:
             raise ConfigError("data.indices and data.labels both choose the training pool; set only one")
         from .indices import read_indices
-        return read_indices(Path(cfg.indices), n)
+        if source_rows is None:
+            return read_indices(Path(cfg.indices), n)
+        wanted = read_indices(Path(cfg.indices), int(source_rows[-1]) + 1 if len(source_rows) else 1)
+        pos = np.searchsorted(source_rows, wanted)
+        ok = (pos < len(source_rows)) & (source_rows[np.minimum(pos, len(source_rows) - 1)] == wanted)
+        if not ok.all():
+            raise ConfigError(f"data.indices {cfg.indices}: row {int(wanted[~ok][0])} of the source's split is of a "
+                              f"class the task {cfg.task!r} leaves out ({int((~ok).sum())} such rows); list only rows "
+                              "of the task's classes")
+        return pos
     if cfg.labels is not None:
         if cfg.labels > n:
             raise ConfigError(f"data.labels={cfg.labels} exceeds the {n} training images")
@@ -67,6 +77,22 @@ def run_preprocessing(normalize: str, source_train, classes) -> Preprocessing:
         mean, std = channel_stats(source_train)
         return Preprocessing.of(mean, [max(float(v), 1e-6) for v in std], (c, h, w), classes)
     return Preprocessing.identity((c, h, w), classes)
+
+
+def checkpoint_preprocessing(path: str, data_pre: Preprocessing) -> Preprocessing:
+    """The run's preprocessing with the normalisation stored in the weights it starts from (what they expect); the
+    data's own when the file stores none (plain torchvision weights: set data.normalize to match)."""
+    from ..models.io import preprocessing_of
+    if not Path(path).is_file():
+        raise ConfigError(f"model.init_from: {path} does not exist; give a weights file (model.safetensors)")
+    stored = preprocessing_of(Path(path))
+    if stored is None:
+        return data_pre
+    if tuple(stored.input_size) != tuple(data_pre.input_size):
+        raise ConfigError(f"model.init_from: {path} was trained on {'×'.join(map(str, stored.input_size))} inputs but "
+                          f"the data gives {'×'.join(map(str, data_pre.input_size))}; set data.image_size="
+                          f"{stored.input_size[1]}, or model.init_from.preprocessing=data to ignore the stored one")
+    return Preprocessing(stored.mean, stored.std, data_pre.input_size, data_pre.channel_order, data_pre.classes)
 
 
 def test_points(task: Task, size: int | None, labels: np.ndarray, seed: int) -> np.ndarray | None:
@@ -99,12 +125,17 @@ def prepare(cfg, out_dir: Path, device: torch.device) -> TrainingData:
             raise ConfigError(f"data.task {d.task!r} fixes the training points; drop data.labels / data.indices")
         idx = task.train_points
     else:
-        idx = training_indices(d, train.labels, cfg.seed)
+        idx = training_indices(d, train.labels, cfg.seed, task.train_source)
     test_idx = test_points(task, d.test_size, test.labels, split_seed)
     if test_idx is not None:
         test = test.subset(test_idx)
-    save_split(out_dir / "splits.json", {"train": idx, **({"test": test_idx} if test_idx is not None else {})})
+    source_idx = idx if task.train_source is None else task.train_source[idx]  # rows of the source's split
+    save_split(out_dir / "splits.json", {"train": source_idx,
+                                         **({"test": test_idx} if test_idx is not None else {})})
     pre = run_preprocessing(d.normalize, source_train, train.classes)
+    init = cfg.model.init_from
+    if init is not None and init.preprocessing == "checkpoint":
+        pre = checkpoint_preprocessing(init.checkpoint, pre)
     x_tr, y_tr = to_device_tensors(train.subset(idx), device)
     x_test, y_test = to_device_tensors(test, device)
     a = d.augment

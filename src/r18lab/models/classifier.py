@@ -53,8 +53,12 @@ class Classifier(nn.Module):
     """Backbone modules at the top level (torchvision names), `fc` = main head, extra heads in `heads`."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, extra_heads: dict[str, nn.Module],
-                 gate: float, with_main: bool = True, transforms: Sequence[Any] = ()) -> None:
+                 gate: float, with_main: bool = True, transforms: Sequence[Any] = (),
+                 own_classes: Mapping[str, int] | None = None) -> None:
         super().__init__()
+        #: heads with their own output units (another label set than the run's): evaluation on the run's labels
+        #: skips them
+        self.own_classes = dict(own_classes or {})
         for name, module in backbone.named_children():
             self.add_module(name, module)
         object.__setattr__(self, "_backbone", backbone)  # shares the modules above; not a child
@@ -79,6 +83,11 @@ class Classifier(nn.Module):
     def head_names(self) -> list[str]:
         """The top-level heads that produce logits (what `heads: all` in an objective means)."""
         return (["main"] if self.fc is not None else []) + [h for h, m in self.heads.items() if produces_logits(m)]
+
+    @property
+    def head_classes(self) -> dict[str, int]:
+        """Output units of each top-level head that produces logits: the run's classes unless it has its own."""
+        return {h: self.own_classes.get(h, self.num_classes) for h in self.head_names}
 
     @property
     def all_head_names(self) -> list[str]:
@@ -232,9 +241,8 @@ def resolve_heads(heads: Any, options: dict[str, Any], stem: str,
     names = [n for n, _ in entries]
     if len(set(names)) != len(names):  # [] = the backbone alone (a feature extractor, e.g. `export --keep none`)
         raise ConfigError(f"heads must be a list of distinct names, got {names}")
-    for n in names:
-        HEADS.get(n)
     opts = {n: dict(p) for n, p in entries}
+    kinds = {n: head_type(n, p) for n, p in opts.items()}
     for key, value in options.items():
         if key in tuple(backbone_keys) + LEGACY_OPTIONS:
             continue
@@ -252,10 +260,36 @@ def resolve_heads(heads: Any, options: dict[str, Any], stem: str,
                               "keep one")
         opts[owner][opt] = value
     for n, p in opts.items():
-        factory = HEADS.get(n)
+        factory = HEADS.get(kinds[n])
+        own = {k: p.pop(k) for k in HEAD_ENTRY_KEYS if k in p}
         _check_params("head", n, factory, p, 2)
-        opts[n] = {**getattr(factory, "stem_defaults", {}).get(stem, {}), **p}
+        opts[n] = {**getattr(factory, "stem_defaults", {}).get(stem, {}), **p, **own}
     return opts
+
+
+#: keys of a head entry that every head takes: `type` (the registered head it is, when its name is not one) and
+#: `classes` (its own output units, when it answers another label set than the run's, e.g. a consolidation
+#: student's `gen` head with the generalist's classes)
+HEAD_ENTRY_KEYS = ("type", "classes")
+
+
+def head_type(name: str, params: dict[str, Any]) -> str:
+    """The registered head an entry builds: its `type`, else its name; `main` is the model's own `fc`."""
+    kind = params.get("type", name)
+    if not isinstance(kind, str):
+        raise ConfigError(f"head {name!r}: type must be a registered head name, got {kind!r}")
+    if name == "main" and kind != "main":
+        raise ConfigError(f"head 'main' is the model's fc and cannot take type {kind!r}; give the head another name")
+    if "/" in name or "." in name or not name:
+        raise ConfigError(f"head name {name!r} must be non-empty, without '/' or '.'")
+    HEADS.get(kind)
+    classes = params.get("classes")
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
+        raise ConfigError(f"head {name!r}: classes must be an integer >= 1 (its own output units), got {classes!r}")
+    if name == "main" and classes is not None:
+        raise ConfigError("head 'main' answers the run's classes; drop its classes option or add a named head "
+                          "{name: NAME, type: main, classes: N}")
+    return kind
 
 
 def resolve_transforms(transforms: Any, options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -299,7 +333,7 @@ def create_model(name: str, *, num_classes: int, stem: str = "cifar", width: flo
     extra = [h for h in head_opts if h != "main"]
     backbone_kw = {k: v for k, v in options.items() if k in backbone_keys}
     if gate is None:
-        gate = 0.0 if any(getattr(HEADS.get(h), "gates_main", False) for h in extra) else 1.0
+        gate = 0.0 if any(getattr(HEADS.get(head_opts[h].get("type", h)), "gates_main", False) for h in extra) else 1.0
     applied = [n if not p else {"name": n, **p} for n, p in steps]
 
     def one() -> nn.Module:
@@ -307,9 +341,14 @@ def create_model(name: str, *, num_classes: int, stem: str = "cifar", width: flo
         for t, params in steps:
             if not acts_on_model(t):
                 backbone = TRANSFORMS.get(t)(backbone, **params)
-        built = {h: HEADS.get(h)(backbone.num_features, num_classes, **head_opts[h]) for h in extra}
+        built = {}
+        for h in extra:
+            params = dict(head_opts[h])
+            kind, classes = params.pop("type", h), params.pop("classes", None)
+            built[h] = HEADS.get(kind)(backbone.num_features, classes or num_classes, **params)
         model: nn.Module = Classifier(backbone, num_classes, built, gate, with_main="main" in head_opts,
-                                      transforms=applied)
+                                      transforms=applied,
+                                      own_classes={h: o["classes"] for h, o in head_opts.items() if o.get("classes")})
         apply_init(model, init)
         for t, params in steps:
             if acts_on_model(t):

@@ -59,6 +59,13 @@ class ObjectiveContext:
     #: the student's built top-level heads by name (a peer group's peer 0), read-only, so an objective can check
     #: a head's declared options when it is built (e.g. hint's `stage`, `teacher_channels`); {} when unknown
     head_modules: dict[str, Any] = field(default_factory=dict)
+    #: output units of each top-level head (a head with its own classes answers another label set); {} = unknown,
+    #: every head then has `num_classes`
+    head_classes: dict[str, int] = field(default_factory=dict)
+
+    def classes_of(self, head: str) -> int:
+        """Output units of `head`: its own classes, else the run's."""
+        return self.head_classes.get(head, self.num_classes)
 
     def load(self, path: str) -> "LoadedModel":
         """`load_checkpoint(path)`, or the library's loader onto `device` when the context has none."""
@@ -66,6 +73,15 @@ class ObjectiveContext:
             return self.load_checkpoint(path)
         from ..models.io import load_checkpoint
         return load_checkpoint(path, self.device)
+
+
+#: a term whose objective part is `info` (e.g. `info/kl/gen`, `info:t2/agree/gen`) is logged, never optimised
+MONITOR = "info"
+
+
+def is_monitor(term: str) -> bool:
+    """True for a logged-only term (`info/...`, also when tagged `info:TAG/...`): the engine leaves it out of the loss."""
+    return term.split("/", 1)[0].split(":", 1)[0] == MONITOR
 
 
 def tag_term(term: str, tag: str | None) -> str:

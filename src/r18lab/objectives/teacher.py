@@ -39,8 +39,13 @@ class FrozenTeacher:
         return self.model
 
 
-def load_frozen_teacher(ctx: ObjectiveContext, teacher: Any, who: str) -> FrozenTeacher:
-    """Load `teacher` (one weights path) through `ctx.load`, frozen, with one-line errors naming objective `who`."""
+def load_frozen_teacher(ctx: ObjectiveContext, teacher: Any, who: str, *, head: str | None = None,
+                        teacher_head: str = "main") -> FrozenTeacher:
+    """Load `teacher` (one weights path) through `ctx.load`, frozen, with one-line errors naming objective `who`.
+
+    With `head`, the teacher's `teacher_head` must have as many outputs as the student's `head` (which may answer
+    another label set than the run's data, e.g. a consolidation student's heads); without, the teacher's classes
+    must be the data's (count, names and order)."""
     if not teacher:
         raise ConfigError(f"objective {who} needs a teacher: set teacher=PATH/model.safetensors, or per entry "
                           f"objective=[ce, {{name: {who}, teacher: PATH}}]")
@@ -66,6 +71,17 @@ def load_frozen_teacher(ctx: ObjectiveContext, teacher: Any, who: str) -> Frozen
         raise ConfigError(f"objective {who}: teacher {teacher} was trained on {t_size[1]}×{t_size[2]} images but "
                           f"the student gets {s_size[1]}×{s_size[2]}; set data.image_size={t_size[1]} or use a "
                           "teacher trained at this size")
+    if head is not None:
+        t_heads = dict(getattr(model, "head_classes", {}))
+        if teacher_head not in t_heads:
+            raise ConfigError(f"objective {who}: teacher {teacher} has no head {teacher_head!r}; it has "
+                              f"{sorted(t_heads)} (set teacher_head)")
+        want = ctx.classes_of(head)
+        if t_heads[teacher_head] != want:
+            raise ConfigError(f"objective {who}: head {teacher_head!r} of teacher {teacher} has "
+                              f"{t_heads[teacher_head]} classes but the student's head {head!r} has {want}; give "
+                              f"the head classes: {t_heads[teacher_head]} or pair it with another teacher")
+        return FrozenTeacher(model, loaded.path, loaded.identity, dict(loaded.spec), pre, student_pre)
     t_classes = loaded.spec.get("num_classes", getattr(model, "num_classes", None))
     if t_classes is not None and t_classes != ctx.num_classes:
         raise ConfigError(f"objective {who}: the teacher has {t_classes} classes but this data has "

@@ -18,7 +18,7 @@ from ..data.training import TrainingData, prepare as prepare_data
 from ..errors import R18Error, TrainingDiverged
 from ..models.io import (Normalizer, build_from_spec, load_checkpoint,  # noqa: F401  (build_from_spec,
                          model_spec, teacher_identity)                 # model_spec: public here too)
-from ..objectives.base import Batch, ObjectiveContext, build_objectives
+from ..objectives.base import Batch, ObjectiveContext, build_objectives, is_monitor
 from ..objectives.supervised import predicted_labels, summed_loss
 from ..results.metrics import MetricsWriter, keep_epochs
 from . import checkpoint as ckpt
@@ -32,9 +32,11 @@ from .optim import build_optimizer, lr_factor, set_learning_rates
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalizer: Normalizer,
              batch_size: int = 512, channels_last: bool = False) -> dict[str, float]:
     """Accuracy (%) and mean loss of every head over uint8 images on the model's device: argmax and CE, or for a
-    one-logit head, z > 0 and sigmoid BCE (`predicted_labels`, `summed_loss`)."""
+    one-logit head, z > 0 and sigmoid BCE (`predicted_labels`, `summed_loss`). Heads with their own number of
+    classes (`Classifier.own_classes`, another label set than the data's) are left out."""
     was_training = model.training
     model.eval()
+    foreign = {h for h, c in getattr(model, "own_classes", {}).items() if c != model.num_classes}  # another label set
     correct: dict[str, float] = {}
     loss: dict[str, float] = {}
     for i in range(0, len(labels), batch_size):
@@ -43,6 +45,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norma
             x = x.contiguous(memory_format=torch.channels_last)
         y = labels[i:i + batch_size]
         for h, z in model(x).logits.items():
+            if h in foreign or h.split(".")[0] in foreign:
+                continue
             correct[h] = correct.get(h, 0.0) + (predicted_labels(z) == y).sum().item()
             loss[h] = loss.get(h, 0.0) + summed_loss(z, y).item()
     model.train(was_training)
@@ -149,7 +153,11 @@ class Trainer:
     def _setup_model(self) -> None:
         torch.manual_seed(self.cfg.seed)
         self.spec = model_spec(self.cfg, self.num_classes)
-        self.model = build_from_spec(self.spec).to(self.device)
+        self.model = build_from_spec(self.spec)
+        if self.cfg.model.init_from is not None:
+            from ..models.pretrained import init_from_checkpoint
+            init_from_checkpoint(self.model, self.cfg.model.init_from.checkpoint, self.cfg.model.init_from.heads)
+        self.model = self.model.to(self.device)
         if self.cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         ctx = ObjectiveContext(self.model.head_names, self.model.num_classes, self.device, self.cfg.train.label_smoothing,
@@ -157,7 +165,8 @@ class Trainer:
                                preprocessing=self.preprocessing,
                                logit_names=list(getattr(self.model, "logit_names", self.model.head_names)),
                                aux_names=list(getattr(self.model, "aux_names", [])),
-                               head_modules=dict(getattr(getattr(self.model, "peers", [self.model])[0], "heads", {})))
+                               head_modules=dict(getattr(getattr(self.model, "peers", [self.model])[0], "heads", {})),
+                               head_classes=dict(getattr(self.model, "head_classes", {})))
         self.objectives = build_objectives(specs(self.cfg.objective, "objective"), ctx)
         self.hooks = [build_hook(n, p) for n, p in specs(self.cfg.hooks, "hook")]
         self._before_step = [h for h in self.hooks if overrides(h, "before_step")]
@@ -332,7 +341,7 @@ class Trainer:
                     raise R18Error(f"two objectives log the same term {sorted(terms.keys() & new.keys())[0]!r}; "
                                    "give one of them a distinct `tag`")
                 terms.update(new)
-        loss = torch.stack([v.float() for v in terms.values()]).sum()
+        loss = torch.stack([v.float() for k, v in terms.items() if not is_monitor(k)]).sum()
         self._first_bad = torch.where((self._first_bad == 0) & ~torch.isfinite(loss), step + 1, self._first_bad)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

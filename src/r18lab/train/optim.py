@@ -25,24 +25,55 @@ def layer_of_parameters(model: nn.Module) -> dict[str, str]:
     return owner
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
-    """One group per Conv/Linear layer (with its norm), keyed `layer`, each with `lr_scale` 1.0 for hooks."""
+def _is_head(name: str) -> bool:
+    return name.startswith(("fc.", "heads.")) or ".fc." in name or ".heads." in name  # peers: peers.1.fc.weight
+
+
+def lr_of_parameters(names: list[str], lr_groups: dict[str, float], base_lr: float) -> dict[str, float]:
+    """Parameter name → its lr: the first `lr_groups` pattern that matches (a glob, or `heads` / `backbone`), else
+    `base_lr`; a pattern that matches no parameter is one line naming it."""
+    import fnmatch
+    out: dict[str, float] = {}
+    used = set()
+    for n in names:
+        for pattern, lr in lr_groups.items():
+            hit = (_is_head(n) if pattern == "heads" else not _is_head(n) if pattern == "backbone"
+                   else fnmatch.fnmatchcase(n, pattern))
+            if hit:
+                out[n] = float(lr)
+                used.add(pattern)
+                break
+        else:
+            out[n] = base_lr
+    unused = [p for p in lr_groups if p not in used]
+    if unused:
+        from ..errors import ConfigError
+        raise ConfigError(f"optim.lr_groups pattern {unused[0]!r} matches no trainable parameter (names look like "
+                          f"{names[0] if names else 'conv1.weight'}, fc.weight, heads.NAME.fc.weight); use a glob such "
+                          "as 'layer4.*', or heads / backbone")
+    return out
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool,
+                 lr_groups: dict[str, float] | None = None, base_lr: float = 1.0) -> list[dict]:
+    """One group per Conv/Linear layer (with its norm) and lr, keyed `layer`, each with `lr_scale` 1.0 for hooks
+    and `base_scale` = its lr / `base_lr` (from `lr_groups`; 1.0 without)."""
     owner = layer_of_parameters(model)
     norm_params = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
-    groups: dict[tuple[str, bool], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    lrs = lr_of_parameters([n for n, _ in named], lr_groups or {}, base_lr)
+    groups: dict[tuple[str, bool, float], dict] = {}
+    for name, p in named:
         no_decay = no_decay_norm_bias and (p.ndim <= 1 or id(p) in norm_params)
-        key = (owner.get(name, ""), no_decay)
-        g = groups.setdefault(key, {"params": [], "layer": key[0], "lr_scale": 1.0,
+        key = (owner.get(name, ""), no_decay, lrs[name] / base_lr)
+        g = groups.setdefault(key, {"params": [], "layer": key[0], "lr_scale": 1.0, "base_scale": key[2],
                                     "weight_decay": 0.0 if no_decay else weight_decay})
         g["params"].append(p)
     return list(groups.values())
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias)
+    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias, cfg.lr_groups, cfg.lr)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
@@ -66,8 +97,9 @@ def lr_factor(cfg: ScheduleConfig, epoch_float: float, epochs: int) -> float:
 
 
 def set_learning_rates(optimizer: torch.optim.Optimizer, base_lr: float, factor: float, min_lr: float = 0.0) -> float:
-    """lr of each group = (min_lr + (base − min_lr)·factor) · group's lr_scale; returns the global η_t."""
+    """lr of each group = (min_lr + (base − min_lr)·factor) · its base_scale (optim.lr_groups) · its lr_scale (hooks);
+    returns the global η_t."""
     eta = min_lr + (base_lr - min_lr) * factor
     for g in optimizer.param_groups:
-        g["lr"] = eta * g.get("lr_scale", 1.0)
+        g["lr"] = eta * g.get("base_scale", 1.0) * g.get("lr_scale", 1.0)
     return eta
