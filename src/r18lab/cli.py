@@ -329,6 +329,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return run_bench(a)
 
 
+@command("probe")
+def cmd_probe(a: argparse.Namespace) -> int:
+    from .analysis.probe_command import run_probe  # unknown option, class or missing checkpoint: one line, exit 2
+    return run_probe(a)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (`error: ...; see r18lab CMD --help`, exit 2) instead of usage + error."""
 
@@ -529,6 +535,30 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="plots and tables of a run directory")
     rp.add_argument("run_dir")
     rp.add_argument("--out")
+
+    pb = sub.add_parser("probe", help="downstream probes of a checkpoint: linear SVM, few-shot SVM, fine-tuning",
+                        description="r18lab probe {linear,fewshot,finetune} CKPT DATA [key=value ...]: a linear SVM "
+                                    "on frozen pooled features (C by stratified k-fold CV), the same over few-shot "
+                                    "episodes shared by every checkpoint, or whole-network fine-tuning (spec 001 "
+                                    "§2.3). Options: classes=[a,b,c] pool=INDEXFILE shots=5 episodes=50 folds=5 "
+                                    "c_grid=[...] (finetune: epochs=30 lr=0.01 batch_size=32); other keys are "
+                                    "source options, e.g. image_size=32")
+    pb.add_argument("kind", choices=["linear", "fewshot", "finetune"])
+    pb.add_argument("checkpoint", help="model.safetensors (or foreign torchvision-layout weights with --arch)")
+    pb.add_argument("data", help="a path or built-in name")
+    pb.add_argument("options", nargs="*", metavar="key=value", help="probe and source options")
+    pb.add_argument("--split-train", default="train", help="split the training images come from (default train)")
+    pb.add_argument("--split-test", default="test", help="split tested on, all its images of the task (default test)")
+    pb.add_argument("--json", action="store_true", help="print JSON instead of the short table")
+    pb.add_argument("--out", help="also write the JSON result to this file")
+    pb.add_argument("--cache", help="feature cache (and finetune runs) folder (default $R18LAB_CACHE/probe-features)")
+    pb.add_argument("--arch", help="foreign weights without r18lab metadata: the backbone name, e.g. resnet50")
+    pb.add_argument("--stem", default="imagenet", choices=["imagenet", "cifar"], help="with --arch (default imagenet)")
+    pb.add_argument("--image-size", type=_positive_int, default=224, help="with --arch: input size (default 224)")
+    pb.add_argument("--width", type=float, default=1.0, help="with --arch: width multiplier (default 1)")
+    pb.add_argument("--seed", type=int, default=0, help="episodes, CV folds and fine-tuning seed (default 0)")
+    pb.add_argument("--device", default="auto")
+    pb.set_defaults(overrides=[])
 
     b = sub.add_parser("bench", help="engine vs bare PyTorch throughput, augmentation, FLOP/s")
     b.add_argument("--steps", type=int, default=4, help="steps per epoch (3 epochs; the first is a warm-up)")

@@ -131,7 +131,7 @@ class OptimConfig(Strict):
 
 class ScheduleConfig(Strict):
     name: Literal["cosine", "multistep", "constant", "linear"] = "cosine"  # linear: to 0 at the end
-    milestones: list[int] = []  # epochs, for multistep
+    milestones: list[Union[int, float]] = []  # epochs (fractions allowed, e.g. 2.5 of 5), for multistep
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: float = Field(0.0, ge=0)
     min_lr: float = Field(0.0, ge=0)

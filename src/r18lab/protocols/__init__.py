@@ -5,6 +5,7 @@ from . import kdgrid  # noqa: F401
 from . import pai  # noqa: F401
 from . import linearized  # noqa: F401
 from . import similarity  # noqa: F401
+from . import consolidate  # noqa: F401
 from .base import Protocol, RunContext, RunResult
 from .executors import EXECUTORS, Executor
 from .spec import RunSpec

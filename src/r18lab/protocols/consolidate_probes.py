@@ -1,0 +1,133 @@
+"""The consolidation protocol's measurements (spec 001 §2.3, §5.1): pooled features of every representation on the
+downstream pools and test images (cached per model), few-shot and full linear-SVM probes on the related and
+unrelated tasks with episodes shared by every model, upstream accuracy on the teachers' classes and the `gen` head's
+fidelity to the generalist's coarse labels; and the report written from them."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import RunContext
+
+
+def _episode_hash(indices: list[list[int]]) -> str:
+    return hashlib.sha256(json.dumps(indices).encode()).hexdigest()[:16]
+
+
+def probe_all(proto, models: dict) -> dict[str, Any]:
+    """Probe every model of a `Consolidate` protocol; returns {probes, upstream, settings, timing} (see
+    `consolidate_claims.evaluate_checks` for the record shapes)."""
+    import torch
+
+    from ..analysis.probe import features, fewshot_probe, full_probe, select_classes
+    from ..data.indices import read_indices
+    from ..data.loading import load
+    from ..data.training import source_options
+    from ..predict import predict
+
+    s, d = proto.settings, proto.data
+    p = s.probes
+    opts = source_options(d)
+    train = load(d.source, split=d.train_split, **opts)
+    test = load(d.source, split=d.test_split, **opts)
+    down = read_indices(proto.write_pools()["down"], len(train))
+    cache = proto.out / "features"
+    tasks = {"related": s.related, "unrelated": s.unrelated}
+    wanted = [*s.related, *s.unrelated]
+    test_rows, _ = select_classes(test.labels, test.classes, wanted)
+    rows = {}
+    for task, classes in tasks.items():
+        pool_at, pool_y = select_classes(train.labels[down], train.classes, classes)
+        test_at, test_y = select_classes(test.labels[test_rows], test.classes, classes)
+        rows[task] = (pool_at, pool_y, test_at, test_y)
+    probes, upstream, timing = [], [], {"features_s": 0.0, "probe_s": 0.0, "episodes": 0, "images": 0}
+    for key, (name, seed, spec) in models.items():
+        weights = proto.weights_of(spec)
+        tic = time.perf_counter()
+        f_pool, _ = features(weights, d.source, split=d.train_split, indices=down, data_options=opts, cache_dir=cache)
+        f_test, _ = features(weights, d.source, split=d.test_split, indices=test_rows, data_options=opts,
+                             cache_dir=cache)
+        timing["features_s"] += time.perf_counter() - tic
+        timing["images"] += len(down) + len(test_rows)
+        tic = time.perf_counter()
+        for task, (pool_at, pool_y, test_at, test_y) in rows.items():
+            task_key = f"{task}:{','.join(tasks[task])}"
+            few = fewshot_probe(f_pool[pool_at], pool_y, f_test[test_at], test_y, task_key=task_key, shots=p.shots,
+                                episodes=p.episodes, seed=p.seed, c_grid=p.c_grid, folds=p.folds,
+                                class_names=tasks[task])
+            probes.append({"model": name, "seed": seed, "task": task, "kind": "fewshot", "accuracies": few["accuracies"],
+                           "episode_indices_hash": _episode_hash(few["indices"]), "C": few["C"]})
+            timing["episodes"] += p.episodes
+            if p.full:
+                full = full_probe(f_pool[pool_at], pool_y, f_test[test_at], test_y, c_grid=p.c_grid, folds=p.folds,
+                                  seed=p.seed)
+                probes.append({"model": name, "seed": seed, "task": task, "kind": "full",
+                               "accuracies": [full["accuracy"]], "episode_indices_hash": "full", "C": [full["C"]]})
+        timing["probe_s"] += time.perf_counter() - tic
+        upstream.append({"model": name, "seed": seed, **_upstream(proto, name, spec, weights, test, predict, torch)})
+    return {"probes": probes, "upstream": upstream, "timing": timing,
+            "svm": {"c_grid": p.c_grid, "folds": p.folds, "shots": p.shots, "episodes": p.episodes, "seed": p.seed},
+            "tasks": tasks, "teachers": {t: ts.classes for t, ts in s.teachers.items()}}
+
+
+def _upstream(proto, name: str, spec, weights: Path, test, predict, torch) -> dict[str, Any]:
+    """Accuracy (%) on each teacher's classes' test images — the teacher's `main` head, a student's head named after
+    the teacher — and the `gen` head's accuracy on the generalist's coarse test labels (fidelity)."""
+    from ..analysis.probe import select_classes
+    from ..models.io import load_checkpoint
+    s = proto.settings
+    loaded = load_checkpoint(weights, "cpu")
+    heads = list(getattr(loaded.model, "head_classes", {}))
+    per_teacher: dict[str, float] = {}
+    for t, ts in s.teachers.items():
+        head = "main" if (spec is not None and spec.tags.get("role") == "teacher" and spec.tags.get("name") == t) \
+            else t if t in heads else None
+        if head is None:
+            continue
+        rows, y = select_classes(test.labels, test.classes, ts.classes)
+        out = predict(loaded, test, indices=rows)
+        per_teacher[t] = float(100.0 * (out.logits[head].argmax(1) == y).mean())
+    fidelity = None
+    coarse_head = "main" if name == "G" else "gen" if "gen" in heads else None
+    if coarse_head is not None:
+        groups = list(s.generalist_groups.values())
+        lookup = np.full(len(test.classes), -1, np.int64)
+        for i, members in enumerate(groups):
+            for c in members:
+                lookup[test.classes.index(c)] = i
+        rows = np.flatnonzero(lookup[test.labels] >= 0)
+        out = predict(loaded, test, indices=rows)
+        fidelity = float(100.0 * (out.logits[coarse_head].argmax(1) == lookup[test.labels[rows]]).mean())
+    up = float(np.mean(list(per_teacher.values()))) if per_teacher else None
+    if name == "G":
+        up = None
+    return {"upstream": up, "upstream_per_teacher": per_teacher, "fidelity": fidelity}
+
+
+def read_probes(proto) -> dict[str, Any] | None:
+    path = proto.probes_path()
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_protocol_report(proto, ctx: RunContext, title: str) -> str:
+    """Tables and plots of a finished protocol (consolidate_report), or what is still missing."""
+    from .consolidate_report import write_report
+    proto.plan()
+    done = [sp for sp in proto.specs if sp.run_id in ctx.done]
+    payload = read_probes(proto)
+    if payload is None:
+        return (f"{len(done)} of {len(proto.specs)} runs finished; the probes run once every run has finished "
+                f"(then `{proto.probes_path().name}` appears under {proto.out / 'probes'})")
+    s = proto.settings
+    seen = {c for members in s.generalist_groups.values() for c in members}
+    settings = {"tau_related": s.tau_related, "tau_unrelated": s.tau_unrelated, "bootstrap_resamples": s.bootstrap,
+                "bootstrap_seed": 0,
+                # the note of spec §7.14 (K2 partly guaranteed) applies when G was trained on the unrelated classes
+                "scale": "tiny" if seen & set(s.unrelated) else "custom", "timing": payload.get("timing"), "tasks": payload.get("tasks"),
+                "teachers": payload.get("teachers"), "svm": payload.get("svm")}
+    return write_report(payload["probes"], payload["upstream"], settings, proto.out / "report", title)
