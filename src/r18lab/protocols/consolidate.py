@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,6 +29,20 @@ from .spec import RunSpec
 class TeacherSettings(Strict):
     classes: list[str]  # the teacher's classes (a t-split); its student head gets as many outputs
     overlay: dict[str, Any] = {}
+    checkpoint: str | None = None  # load this teacher instead of training it (its `main` head has len(classes))
+
+
+@dataclass(frozen=True)
+class Representation:
+    """One model the probes read: its name in the tables (G, T, TD, ...), seed (None: trained once), the run that
+    writes it (None: a loaded checkpoint), its weights and role (generalist, teacher, student)."""
+
+    name: str
+    seed: int | None
+    spec: RunSpec | None
+    weights: Path
+    role: str
+    teacher: str | None = None  # a teacher's own name
 
 
 class StudentKind(Strict):
@@ -186,6 +201,8 @@ class Consolidate(Protocol):
         s, files = self.settings, self.write_pools()
         gen_path, gen_ids, gen_deps = self._generalist()
         for t, ts in s.teachers.items():
+            if ts.checkpoint:
+                continue
             overlay = _deep_merge(s.teacher, ts.overlay)
             overlay = _deep_merge(overlay, {
                 "data": {"task": {"name": "select", "classes": ts.classes}, "indices": str(files[f"teach:{t}"])},
@@ -222,13 +239,16 @@ class Consolidate(Protocol):
                             **({"weight": k.generalist_weight} if k.generalist_weight is not None else {})})
         if k.task_teachers:
             for t, ts in s.teachers.items():
-                spec = self.teachers[t]
-                path = str(spec.out_dir / "model.safetensors")
+                path = self.teacher_weights(t)
                 heads.append({"name": t, "type": "main", "classes": len(ts.classes)})
                 entries.append({"checkpoint": path, "head": t,
                                 **({"weight": k.task_weight} if k.task_weight is not None else {})})
-                ids[path] = spec.identity
-                deps.append(spec.run_id)
+                if t in self.teachers:
+                    ids[path] = self.teachers[t].identity
+                    deps.append(self.teachers[t].run_id)
+                else:
+                    from ..models.io import teacher_identity
+                    ids[path] = teacher_identity(path)
         overlay = _deep_merge(_deep_merge(s.student, k.overlay), {
             "data": {"task": self.coarse_task(), "indices": str(self._pool_files["gen"])},
             "model": {"heads": heads, "init_from": init},
@@ -246,22 +266,26 @@ class Consolidate(Protocol):
         self.run_probes(ctx)
 
     # -- probes ------------------------------------------------------------------------------------------------
-    def models(self) -> dict[str, tuple[str, int | None, RunSpec | None]]:
-        """Every representation probed: key → (model name, seed, spec); the generalist is `G`, teachers `T:<name>`
-        (`T` when there is one)."""
-        out: dict[str, tuple[str, int | None, RunSpec | None]] = {"G": ("G", None, self.generalist)}
-        for t, spec in self.teachers.items():
-            out[f"T:{t}"] = ("T" if len(self.teachers) == 1 else f"T:{t}", None, spec)
+    def teacher_weights(self, t: str) -> str:
+        ts = self.settings.teachers[t]
+        return ts.checkpoint or str(self.teachers[t].out_dir / "model.safetensors")
+
+    def models(self) -> dict[str, Representation]:
+        """Every representation probed, by key: the generalist `G`, each teacher `T:<name>` (named `T` in the tables
+        when there is one), each student `<kind>#<seed>`."""
+        s = self.settings
+        gen = Path(s.generalist_checkpoint) if s.generalist_checkpoint else self.generalist.out_dir / "model.safetensors"
+        out = {"G": Representation("G", None, self.generalist, gen, "generalist")}
+        for t in s.teachers:
+            out[f"T:{t}"] = Representation("T" if len(s.teachers) == 1 else f"T:{t}", None, self.teachers.get(t),
+                                           Path(self.teacher_weights(t)), "teacher", t)
         for key, spec in self.students.items():
-            out[key] = (spec.tags["kind"], spec.tags["seed"], spec)
+            out[key] = Representation(spec.tags["kind"], spec.tags["seed"], spec, spec.out_dir / "model.safetensors",
+                                      "student")
         return out
 
-    def weights_of(self, spec: RunSpec | None) -> Path:
-        return Path(self.settings.generalist_checkpoint) if spec is None else spec.out_dir / "model.safetensors"
-
     def probes_path(self) -> Path:
-        ids = sorted(spec.identity if spec else str(self.settings.generalist_checkpoint)
-                     for _, _, spec in self.models().values())
+        ids = sorted(r.spec.identity if r.spec else str(r.weights) for r in self.models().values())
         key = json.dumps([ids, self.settings.probes.model_dump(), self.settings.related, self.settings.unrelated,
                           self.settings.pools, self.settings.split_seed], sort_keys=True)
         return self.out / "probes" / f"probes-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
@@ -275,7 +299,7 @@ class Consolidate(Protocol):
         if path.is_file():
             return path
         models = self.models()
-        missing = [k for k, (_, _, spec) in models.items() if spec is not None and spec.run_id not in ctx.done]
+        missing = [k for k, r in models.items() if r.spec is not None and r.spec.run_id not in ctx.done]
         if missing:
             print(f"{self.name}: probes wait for {len(missing)} unfinished run(s), e.g. {missing[0]}", flush=True)
             return None

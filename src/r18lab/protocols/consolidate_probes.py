@@ -22,8 +22,6 @@ def _episode_hash(indices: list[list[int]]) -> str:
 def probe_all(proto, models: dict) -> dict[str, Any]:
     """Probe every model of a `Consolidate` protocol; returns {probes, upstream, settings, timing} (see
     `consolidate_claims.evaluate_checks` for the record shapes)."""
-    import torch
-
     from ..analysis.probe import features, fewshot_probe, full_probe, select_classes
     from ..data.indices import read_indices
     from ..data.loading import load
@@ -46,8 +44,8 @@ def probe_all(proto, models: dict) -> dict[str, Any]:
         test_at, test_y = select_classes(test.labels[test_rows], test.classes, classes)
         rows[task] = (pool_at, pool_y, test_at, test_y)
     probes, upstream, timing = [], [], {"features_s": 0.0, "probe_s": 0.0, "episodes": 0, "images": 0}
-    for key, (name, seed, spec) in models.items():
-        weights = proto.weights_of(spec)
+    for rep in models.values():
+        name, seed, weights = rep.name, rep.seed, rep.weights
         tic = time.perf_counter()
         f_pool, _ = features(weights, d.source, split=d.train_split, indices=down, data_options=opts, cache_dir=cache)
         f_test, _ = features(weights, d.source, split=d.test_split, indices=test_rows, data_options=opts,
@@ -69,31 +67,30 @@ def probe_all(proto, models: dict) -> dict[str, Any]:
                 probes.append({"model": name, "seed": seed, "task": task, "kind": "full",
                                "accuracies": [full["accuracy"]], "episode_indices_hash": "full", "C": [full["C"]]})
         timing["probe_s"] += time.perf_counter() - tic
-        upstream.append({"model": name, "seed": seed, **_upstream(proto, name, spec, weights, test, predict, torch)})
+        upstream.append({"model": name, "seed": seed, **_upstream(proto, rep, test, predict)})
     return {"probes": probes, "upstream": upstream, "timing": timing,
             "svm": {"c_grid": p.c_grid, "folds": p.folds, "shots": p.shots, "episodes": p.episodes, "seed": p.seed},
             "tasks": tasks, "teachers": {t: ts.classes for t, ts in s.teachers.items()}}
 
 
-def _upstream(proto, name: str, spec, weights: Path, test, predict, torch) -> dict[str, Any]:
+def _upstream(proto, rep, test, predict) -> dict[str, Any]:
     """Accuracy (%) on each teacher's classes' test images — the teacher's `main` head, a student's head named after
     the teacher — and the `gen` head's accuracy on the generalist's coarse test labels (fidelity)."""
     from ..analysis.probe import select_classes
     from ..models.io import load_checkpoint
     s = proto.settings
-    loaded = load_checkpoint(weights, "cpu")
+    loaded = load_checkpoint(rep.weights, "cpu")
     heads = list(getattr(loaded.model, "head_classes", {}))
     per_teacher: dict[str, float] = {}
     for t, ts in s.teachers.items():
-        head = "main" if (spec is not None and spec.tags.get("role") == "teacher" and spec.tags.get("name") == t) \
-            else t if t in heads else None
+        head = "main" if rep.teacher == t else t if rep.role == "student" and t in heads else None
         if head is None:
             continue
         rows, y = select_classes(test.labels, test.classes, ts.classes)
         out = predict(loaded, test, indices=rows)
         per_teacher[t] = float(100.0 * (out.logits[head].argmax(1) == y).mean())
     fidelity = None
-    coarse_head = "main" if name == "G" else "gen" if "gen" in heads else None
+    coarse_head = "main" if rep.role == "generalist" else "gen" if rep.role == "student" and "gen" in heads else None
     if coarse_head is not None:
         groups = list(s.generalist_groups.values())
         lookup = np.full(len(test.classes), -1, np.int64)
@@ -104,8 +101,6 @@ def _upstream(proto, name: str, spec, weights: Path, test, predict, torch) -> di
         out = predict(loaded, test, indices=rows)
         fidelity = float(100.0 * (out.logits[coarse_head].argmax(1) == lookup[test.labels[rows]]).mean())
     up = float(np.mean(list(per_teacher.values()))) if per_teacher else None
-    if name == "G":
-        up = None
     return {"upstream": up, "upstream_per_teacher": per_teacher, "fidelity": fidelity}
 
 
@@ -130,4 +125,11 @@ def write_protocol_report(proto, ctx: RunContext, title: str) -> str:
                 # the note of spec §7.14 (K2 partly guaranteed) applies when G was trained on the unrelated classes
                 "scale": "tiny" if seen & set(s.unrelated) else "custom", "timing": payload.get("timing"), "tasks": payload.get("tasks"),
                 "teachers": payload.get("teachers"), "svm": payload.get("svm")}
-    return write_report(payload["probes"], payload["upstream"], settings, proto.out / "report", title)
+    text = write_report(payload["probes"], payload["upstream"], settings, proto.out / "report", title)
+    t = payload.get("timing") or {}
+    if t.get("features_s"):
+        text += (f"\n\nProbe cost: feature extraction {t['images']} images in {t['features_s']:.1f} s "
+                 f"({t['images'] / max(t['features_s'], 1e-9):.0f} images/s, cached per model afterwards); "
+                 f"{t['episodes']} few-shot episodes (+ full-pool probes) in {t['probe_s']:.1f} s "
+                 f"({t['probe_s'] / max(t['episodes'], 1):.3f} s per episode incl. the full probes).")
+    return text
