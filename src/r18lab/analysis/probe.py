@@ -234,18 +234,10 @@ def select_classes(labels: np.ndarray, class_names: Sequence[str],
 
 
 # -- features -----------------------------------------------------------------------------------------------
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoint_key(checkpoint) -> dict[str, Any]:
     """What a checkpoint's features depend on: its stored run identity (else the file's sha256), plus the spec and
     preprocessing a LoadedModel (e.g. `load_foreign`) was built with. Reads only metadata for a path."""
-    from ..models.io import IDENTITY_META_KEY, LoadedModel, read_metadata
+    from ..models.io import IDENTITY_META_KEY, LoadedModel, file_sha256, read_metadata
     if isinstance(checkpoint, LoadedModel):
         ident = checkpoint.identity or f"sha256:{file_sha256(checkpoint.path)}"
         pre = checkpoint.preprocessing.to_json() if checkpoint.preprocessing is not None else None
@@ -262,6 +254,7 @@ def features_key(checkpoint, data, split: str, indices=None, data_options: dict[
     as the decode cache does (location, size, mtime, file count), so changed files are not served stale."""
     from ..data.cache import source_identity
     from ..data.loading import is_builtin
+    from ..models.io import file_sha256
     path = Path(data).expanduser()
     source = (str(data) if is_builtin(data) or not path.exists()
               else source_identity(path, {k: (data_options or {})[k] for k in sorted(data_options or {})}))
@@ -321,7 +314,7 @@ def load_foreign(path: str | os.PathLike[str], arch: str, stem: str = "imagenet"
     import torch
 
     from ..models.classifier import create_model
-    from ..models.io import LoadedModel, Preprocessing, read_tensors
+    from ..models.io import LoadedModel, Preprocessing, file_sha256, read_tensors, state_mismatch
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist; give the path of a .safetensors file")
@@ -331,13 +324,8 @@ def load_foreign(path: str | os.PathLike[str], arch: str, stem: str = "imagenet"
     num_classes = int(fc.shape[0]) if fc is not None else 1
     model = create_model(arch, num_classes=num_classes, stem=stem, width=width, heads=heads)  # unknown arch: one line
     own = model.state_dict()
-    optional = {k for k in own if k.endswith("num_batches_tracked")}
-    missing = sorted(set(own) - set(tensors) - optional)
-    extra = sorted(set(tensors) - set(own))
-    bad = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
-    if missing or extra or bad:
-        detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
-                  else f"{bad[0]} is {tuple(tensors[bad[0]].shape)}, {arch} wants {tuple(own[bad[0]].shape)}")
+    detail = state_mismatch(own, tensors, optional=[k for k in own if k.endswith("num_batches_tracked")])
+    if detail:
         raise CheckpointError(f"{path} does not fit {arch} (stem {stem}, width {width}): {detail}; give the "
                               "architecture the weights were trained with (torchvision parameter names)")
     full = {k: tensors.get(k, own[k]) for k in own}

@@ -162,17 +162,26 @@ def save_model(model: nn.Module, path: Path, model_spec: dict[str, Any] | None =
     atomic_save_tensors(state if state is not None else model.state_dict(), path, meta or None)
 
 
+def state_mismatch(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], optional=()) -> str | None:
+    """How `tensors` fails to fit a model whose state is `own` (first missing, unexpected or mis-shaped key), or
+    None when it fits; keys in `optional` may be absent."""
+    missing = sorted(set(own) - set(tensors) - set(optional))
+    extra = sorted(set(tensors) - set(own))
+    bad = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    if missing:
+        return f"missing {missing[:3]}"
+    if extra:
+        return f"unexpected {extra[:3]}"
+    if bad:
+        return f"shape of {bad[0]} is {tuple(tensors[bad[0]].shape)}, the model wants {tuple(own[bad[0]].shape)}"
+    return None
+
+
 def load_weights(model: nn.Module, path: Path) -> dict[str, str]:
     """Strictly load weights into `model`; a mismatch names the first differing keys."""
     tensors, meta = read_tensors(path)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    extra = sorted(set(tensors) - set(own))
-    bad_shape = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
-    if missing or extra or bad_shape:
-        detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
-                  else f"shape of {bad_shape[0]} is {tuple(tensors[bad_shape[0]].shape)}, "
-                       f"model wants {tuple(own[bad_shape[0]].shape)}")
+    detail = state_mismatch(model.state_dict(), tensors)
+    if detail:
         raise CheckpointError(f"checkpoint {path} does not fit this architecture ({detail}); "
                               "build the model with the config the checkpoint was trained with")
     model.load_state_dict(tensors, strict=True)
@@ -286,7 +295,6 @@ def require_preprocessing(loaded: LoadedModel) -> Preprocessing:
 
 def teacher_identity(path: str | Path) -> str:
     """A teacher's identity: the run identity stored in its weights, else sha256 of the file (external weights)."""
-    import hashlib
     path = Path(path)
     if not path.is_file():
         from ..errors import ConfigError
@@ -294,8 +302,14 @@ def teacher_identity(path: str | Path) -> str:
     stored = read_metadata(path).get(IDENTITY_META_KEY)
     if stored:
         return stored
+    return "sha256:" + file_sha256(path)[:16]
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex), read in 1 MiB blocks."""
+    import hashlib
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    return "sha256:" + digest.hexdigest()[:16]
+    return digest.hexdigest()

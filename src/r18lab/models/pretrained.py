@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from .io import read_tensors
+from .io import read_tensors, state_mismatch
 
 HEAD_PREFIXES = ("fc.", "heads.")
 
@@ -47,13 +47,8 @@ def init_from_checkpoint(model: nn.Module, checkpoint: str | Path, heads: Mappin
                               "convert it with safetensors.torch.save_file(state_dict, path)") from None
     own = model.state_dict()
     mine = [k for k in own if is_backbone_key(k)]
-    theirs = [k for k in source if is_backbone_key(k)]
-    missing = [k for k in mine if k not in source]
-    extra = [k for k in theirs if k not in own]
-    bad = [k for k in mine if k in source and source[k].shape != own[k].shape]
-    if missing or extra or bad:
-        detail = (f"it lacks {missing[:3]}" if missing else f"it has {extra[:3]} this model lacks" if extra
-                  else f"{bad[0]} is {tuple(source[bad[0]].shape)}, this model wants {tuple(own[bad[0]].shape)}")
+    detail = state_mismatch({k: own[k] for k in mine}, {k: v for k, v in source.items() if is_backbone_key(k)})
+    if detail:
         raise CheckpointError(f"model.init_from: the backbone of {path} does not fit this model ({detail}); use "
                               "the architecture it was trained with (model.name, width, stem, transforms)")
     copied = {k: source[k] for k in mine}
