@@ -128,7 +128,7 @@ def synthetic(shifts=SHIFTS, seeds=(0, 1, 2), episodes=50, with_sl=True, upstrea
     for model, (rel, unrel) in shifts.items():
         if model == "SL" and not with_sl:
             continue
-        model_seeds = [None] if model in ("G", "T") else [0] if model in ("SL", "RC-1:3") else list(seeds)
+        model_seeds = [None] if model in ("G", "T") else [0] if model in ("SL", "RC-1:3", "RC-3:1") else list(seeds)
         for s in model_seeds:
             for task, shift in (("related", rel), ("unrelated", unrel)):
                 acc = base[task] + shift + rng.normal(0, 1.0, episodes)
@@ -137,7 +137,7 @@ def synthetic(shifts=SHIFTS, seeds=(0, 1, 2), episodes=50, with_sl=True, upstrea
                 probes.append({"model": model, "seed": s, "task": task, "kind": "full",
                                "accuracies": [float(base[task].mean() + shift + 10)],
                                "episode_indices_hash": f"full-{task}"})
-            upstream = {"T": upstream_t, "TD": 88.0, "RC": 84.0, "RC-1:3": 86.0}.get(model)
+            upstream = {"T": upstream_t, "TD": 88.0, "RC": 84.0, "RC-1:3": 86.0, "RC-3:1": 83.0}.get(model)
             fidelity = {"G": 80.0, "RC": 79.0, "SL": 80.5, "RC-1:3": 78.0}.get(model)
             up.append({"model": model, "seed": s, "upstream": upstream, "fidelity": fidelity})
     return probes, up
@@ -153,7 +153,8 @@ def _status(checks):
 def test_checks_hold_when_td_forgets_and_rc_preserves():
     probes, up = synthetic()
     checks = cc.evaluate_checks(probes, up, SETTINGS)
-    assert _status(checks) == {k: "holds" for k in ("P1", "P2", "P3", "K1", "K2", "K3", "K5", "K12")}
+    assert _status(checks) == {**{k: "holds" for k in ("P1", "P2", "P3", "K1", "K2", "K3", "K5", "K12")},
+                               "K4": "fails", "K9": "not run"}  # RC 5 < T 8 on related; no RC-3:1 run
     k1 = next(c for c in checks if c["id"] == "K1")
     assert k1["mean"] == pytest.approx(-15.0, abs=0.5) and k1["ci_high"] < 0 and k1["signs"] == "−−−"
     assert "−33.77" in k1["paper"].replace("-", "−")
@@ -228,3 +229,11 @@ def test_write_report_without_sl_or_teacher(tmp_path):
     text = write_report(probes, up, {"scale": "small"}, tmp_path, "partial")
     assert "not run" in text and "partly guaranteed" not in text
     assert (tmp_path / "deltas.png").is_file()
+
+
+def test_k9_loss_weight_order():
+    """related 1:3 ≥ 1:1 ≥ 3:1 and the reverse on unrelated (spec §5.3)."""
+    ordered = {**SHIFTS, "RC-3:1": (4.0, 0.5)}
+    assert _status(cc.evaluate_checks(*synthetic(ordered), SETTINGS))["K9"] == "holds"
+    swapped = {**SHIFTS, "RC-3:1": (7.0, 0.5)}  # the generalist-heavy student is best on related: order broken
+    assert _status(cc.evaluate_checks(*synthetic(swapped), SETTINGS))["K9"] == "fails"

@@ -382,6 +382,24 @@ def _k12(ctx: _Context) -> Outcome:
     return met, [d1, d2], f"{format_difference(d1)}; {format_difference(d2)}"
 
 
+def _k4(ctx: _Context) -> Outcome:
+    return _one(ctx, "RC", "T", "related", _positive)
+
+
+#: the loss-weight variants K9 reads: student kinds named by their old:new ratio (spec §5.3)
+GENERALIST_HEAVY, TASK_HEAVY = "RC-3:1", "RC-1:3"
+
+
+def _k9(ctx: _Context) -> Outcome:
+    """related(1:3) ≥ related(1:1) ≥ related(3:1), and the reverse order on unrelated (spec §5.3, paper L99–L100)."""
+    pairs = [ctx.diff(TASK_HEAVY, "RC", "related"), ctx.diff("RC", GENERALIST_HEAVY, "related"),
+             ctx.diff(GENERALIST_HEAVY, "RC", "unrelated"), ctx.diff("RC", TASK_HEAVY, "unrelated")]
+    if any(d is None for d in pairs):
+        return None, [], f"needs student kinds {TASK_HEAVY} and {GENERALIST_HEAVY} (optional extension, spec §5.3)"
+    met = all(d.mean >= 0 for d in pairs)
+    return met, pairs, "; ".join(format_difference(d) for d in pairs)
+
+
 #: id → (statement, pass rule, check), as spec §5.2's table
 CHECKS: dict[str, tuple[str, str, Callable[[_Context], Outcome]]] = {
     "P1": ("premise: the teacher brings domain knowledge", "T − G on related > 0, CI > 0",
@@ -393,7 +411,11 @@ CHECKS: dict[str, tuple[str, str, Callable[[_Context], Outcome]]] = {
     "K2": ("RC preserves", f"RC − G on unrelated ≥ −{PRESERVE_MARGIN:.1f} (mean) and RC − TD on unrelated > 0, CI > 0",
            _k2),
     "K3": ("RC adds domain knowledge", "RC − G on related > 0 in ≥ 2 of 3 seeds (CI reported)", _k3),
+    "K4": ("RC beats its own teacher on related tasks (not a §5.2 check; reported)", "RC − T on related > 0, CI > 0",
+           _k4),
     "K5": ("upstream ≠ downstream", "upstream means T ≥ TD ≥ RC while K2 holds", _k5),
+    "K9": ("the generalist's weight trades related for unrelated (optional, spec §5.3)",
+           "related 1:3 ≥ 1:1 ≥ 3:1 and unrelated 3:1 ≥ 1:1 ≥ 1:3 (means)", _k9),
     "K12": ("soft labels alone do nothing", f"|SL − G| ≤ {SOFT_LABEL_MARGIN:g} on both tasks", _k12),
 }
 
@@ -432,7 +454,10 @@ def paper_evidence(settings: ReportSettings | None = None,
                f"{sum(v > 0 for v in unrel('RC vs TD'))}/10 > 0"),
         "K3": (f"Table 4: Δ_rel(RC − IN) {_span(unrel('RC vs IN', 'related'))}; better/similar/worse "
                f"{rel_counts[0]}/{rel_counts[1]}/{rel_counts[2]} (τ_rel {s.tau_related:g})"),
+        "K4": "Table 2: " + "; ".join(t2_diff(k, "RC", "T", k) for k in ("iFood", "Resisc45")),
         "K5": "Table 2 upstream T/TD/RC: " + "; ".join(f"{k} {v}" for k, v in up.items()),
+        "K9": ("Table 4 L251–L253, 1:3 / 1:1 / 3:1: Cars196 d 61.21 / 59.21 / 52.80 (related); Resisc45 67.83 / "
+               "70.00 / 70.82, iFood 26.70 / 28.42 / 29.18, Food101 33.35 / 35.28 / 36.53 (unrelated)"),
         "K12": f"Table 4: SL − IN {_span(sl)} on all 10 tasks",
     }
 
