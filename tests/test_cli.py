@@ -47,7 +47,8 @@ def test_export_reproduces_main_head_accuracy(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "plain.safetensors"), "synthetic", "image_size=8", "n=128", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert list(res) == ["eval/main/acc", "eval/main/loss"]
+    assert [k for k in res if k.startswith("eval/")] == ["eval/main/acc", "eval/main/balanced_acc", "eval/main/loss"]
+    assert sum(map(sum, res["per_class"]["heads"]["main"]["confusion"])) == 128  # every test image counted once
     assert res["eval/main/acc"] == acc_main  # the exported plain model is the trained main head, exactly
 
 
@@ -59,7 +60,7 @@ def test_runs_list_and_show(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1 and rows[0]["status"] == "done" and rows[0]["metrics"]["eval/main/acc"] >= 0
     assert main(["runs", "show", rows[0]["run_id"]]) == 0
-    assert main(["runs", "show", "nope"]) == 1
+    assert main(["runs", "show", "nope"]) == 2  # an unknown id is a bad argument
 
 
 def test_models_info_json(tmp_path, capsys):

@@ -19,7 +19,7 @@ def test_inspect_path_source(tmp_path):
     write_image_folder(tmp_path / "imgs", {"train": 7, "test": 2}, num_classes=3, side=4)
     info = inspect(tmp_path / "imgs", "train")
     cache_path = Path(info.pop("cache_path"))
-    assert info == {
+    assert {k: info[k] for k in ("source", "split", "n", "image_shape", "classes", "class_counts")} == {
         "source": str(tmp_path / "imgs"),
         "split": "train",
         "n": 7,
@@ -28,6 +28,8 @@ def test_inspect_path_source(tmp_path):
         "class_counts": {"c000": 3, "c001": 2, "c002": 2},
     }
     assert cache_path.parent == tmp_path / "cache" and (cache_path / "meta.json").is_file()
+    assert info["layout"] == "split folders" and info["splits"] == ["test", "train"] and info["channels"] == 3
+    assert info["resize"].startswith("none: images are kept at their size")
     with pytest.raises(DataError, match="no split 'val'; available: test, train"):
         inspect(tmp_path / "imgs", "val")
 

@@ -182,9 +182,11 @@ def test_folder_without_dataset_and_images_at_wrong_depth(tmp_path):
     (tmp_path / "empty" / "notes.txt").write_text("hi")
     with pytest.raises(DataError, match="no images or CIFAR batches"):
         load(tmp_path / "empty", cache=False)
-    archive = tar_members(tmp_path / "d.tar", {"cls/x.png": png(np.zeros((2, 2, 3), np.uint8))})
-    with pytest.raises(DataError, match=r"cls/x\.png is not inside <split>/<class>/"):
+    archive = tar_members(tmp_path / "d.tar", {"x.png": png(np.zeros((2, 2, 3), np.uint8))})
+    with pytest.raises(DataError, match=r"image x\.png is not inside a class folder"):
         load(archive, cache=False)
+    archive = tar_members(tmp_path / "e.tar", {"cls/x.png": png(np.zeros((2, 2, 3), np.uint8))})
+    assert load(archive, cache=False).classes == ["cls"]  # <class>/<image>: accepted, split by data.split=auto
 
 
 def test_digits_split_is_deterministic_disjoint_and_sized():

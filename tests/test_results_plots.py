@@ -81,22 +81,58 @@ def _summary() -> list[dict]:
     ]
 
 
-def test_accuracy_vs_labels_lines_bands_and_markers() -> None:
+def _errorbars(ax) -> dict[str, tuple[list[float], list[float], dict[float, tuple[float, float]]]]:
+    """label → (xs, means, {x: (low, high) of its error bar}) of each errorbar container."""
+    out = {}
+    for c in ax.containers:
+        line, _, (bars,) = c.lines
+        spans = {float(seg[0][0]): (float(min(seg[:, 1])), float(max(seg[:, 1]))) for seg in bars.get_segments()}
+        out[c.get_label()] = (list(line.get_xdata()), list(line.get_ydata()), spans)
+    return out
+
+
+def test_accuracy_vs_labels_lines_error_bars_and_markers() -> None:
     fig = accuracy_vs_labels_figure(_summary(), "CIFAR-10, 5 seeds")
     (ax,) = fig.axes
-    lines = _lines(ax)
-    assert lines == {"ce": ([100.0, 200.0, 400.0], [40.0, 50.0, 60.0]), "ours": ([100.0, 400.0], [45.0, 64.0])}
-    assert ax.get_lines()[0].get_marker() != ax.get_lines()[1].get_marker()
-    assert ax.get_xlabel() == "number of labels" and ax.get_title() == "CIFAR-10, 5 seeds"
-    band_ce, band_ours = ax.collections
-    v = band_ce.get_paths()[0].vertices
+    bars = _errorbars(ax)
+    assert {k: v[:2] for k, v in bars.items()} == {"ce": ([100.0, 200.0, 400.0], [40.0, 50.0, 60.0]),
+                                                   "ours": ([100.0, 400.0], [45.0, 64.0])}
     for x, lo, hi in [(100, 38.0, 42.0), (200, 48.5, 51.5), (400, 59.0, 61.0)]:
-        ys = v[np.isclose(v[:, 0], x), 1]
-        assert ys.min() == pytest.approx(lo) and ys.max() == pytest.approx(hi)
-    v = band_ours.get_paths()[0].vertices
-    ys = v[np.isclose(v[:, 0], 400), 1]
-    assert ys.min() == ys.max() == 64.0  # NaN std (a single run) draws no band
-    assert band_ce.get_facecolor()[0][:3] == pytest.approx(to_rgb(ax.get_lines()[0].get_color()))
+        assert bars["ce"][2][x] == pytest.approx((lo, hi))  # ± std over seeds
+    assert bars["ours"][2][400.0] == (64.0, 64.0)  # NaN std (a single run) draws no bar
+    assert ax.containers[0].lines[0].get_marker() != ax.containers[1].lines[0].get_marker()
+    assert ax.get_xlabel() == "number of labels" and ax.get_title() == "CIFAR-10, 5 seeds"
+
+
+def test_one_label_budget_is_drawn_as_method_categories() -> None:
+    rows = [{"labels": 1670, "method": "ce", "mean": 50.0, "std": 2.0},
+            {"labels": 1670, "method": "fr", "mean": 55.0, "std": 1.0}]
+    (ax,) = accuracy_vs_labels_figure(rows).axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["ce", "fr"]
+    assert list(ax.get_xticks()) == [0, 1]  # categories, not a numeric axis around x = 1670
+    assert ax.get_xlabel() == "method (number of labels: 1670)"
+    bars = _errorbars(ax)
+    assert bars["ce"][2][0.0] == (48.0, 52.0) and bars["fr"][2][1.0] == (54.0, 56.0)
+
+
+def test_non_numeric_budgets_are_evenly_spaced_categories() -> None:
+    rows = [{"labels": 40, "method": "ce", "mean": 30.0, "std": 1.0},
+            {"labels": "all", "method": "ce", "mean": 60.0, "std": 1.0}]
+    (ax,) = accuracy_vs_labels_figure(rows).axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["40", "all"]
+    assert _errorbars(ax)["ce"][:2] == ([0, 1], [30.0, 60.0])
+
+
+def test_epoch_axes_get_integer_ticks() -> None:
+    recs = [{"epoch": e, "train/loss": 1.0 / e, "eval/main/acc": 10.0 * e, "eval/main/balanced_acc": 9.0 * e}
+            for e in (1, 2, 3)]
+    fig = learning_curves_figure(recs)
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    acc = _lines(fig.axes[1])
+    assert acc["eval/main (balanced)"] == ([1.0, 2.0, 3.0], [9.0, 18.0, 27.0])  # balanced accuracy, dashed
+    assert fig.axes[1].get_lines()[1].get_linestyle() == "--"
 
 
 def test_accuracy_vs_labels_errors_and_png(tmp_path: Path) -> None:

@@ -253,4 +253,5 @@ def test_one_logit_evaluation_thresholds_at_zero_and_reports_bce(batch_size):
     softplus = lambda v: math.log1p(math.exp(v))  # noqa: E731
     want = (softplus(-2.0) + softplus(-1.0) + softplus(-0.0) + softplus(3.0)) / 4  # −log σ(z) for y=1, −log(1−σ(z)) for y=0
     assert math.isclose(res["eval/main/loss"], want, rel_tol=1e-6)
-    assert set(res) == {"eval/main/acc", "eval/main/loss"}
+    assert set(res) == {"eval/main/acc", "eval/main/balanced_acc", "eval/main/loss"}
+    assert res["eval/main/balanced_acc"] == 50.0  # one of two right in each class

@@ -40,17 +40,20 @@ def cmd_train(a: argparse.Namespace) -> int:
     if finished:
         print(f"{out} holds this run finished; nothing trained")
     _print_result_table(summary)
-    from .results.report import report_run
-    print(report_run(out))
+    if not finished:  # a finished run's files stay untouched (`r18lab report DIR` redraws them)
+        from .results.report import report_run
+        print(report_run(out))
     print(f"run directory: {out}")
     return 0
 
 
 def _print_result_table(summary: dict) -> None:
-    rows = [(k.split("/")[1], v) for k, v in summary["final"].items() if k.endswith("/acc")]
-    print("| head | test accuracy (%) |\n|---|---|")
+    final = summary["final"]
+    rows = [(k.split("/")[1], v) for k, v in final.items() if k.endswith("/acc")]
+    print("| head | test accuracy (%) | balanced accuracy (%) |\n|---|---|---|")
     for head, acc in rows:
-        print(f"| {head} | {acc:.2f} |")
+        bal = final.get(f"eval/{head}/balanced_acc")
+        print(f"| {head} | {acc:.2f} | {'' if bal is None else f'{bal:.2f}'} |")
     print(f"trained {summary['steps']} steps on {summary['num_train']} images in {summary['train_seconds']:.1f} s "
           f"({summary['device']})")
 
@@ -61,7 +64,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .data import load
     from .data.loader import to_device_tensors
     from .models.io import load_checkpoint, require_preprocessing
-    from .train.engine import evaluate
+    from .train.engine import evaluate_detailed
     from .train.environment import pick_device
 
     device = pick_device(a.device)
@@ -84,9 +87,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if pre.classes and list(pre.classes) != list(test.classes):
         raise ConfigError(f"{a.data} names its classes {list(test.classes)[:4]}… but the model was trained on "
                           f"{list(pre.classes)[:4]}…; evaluate on data with the same classes in the same order")
+    classes = list(pre.classes or test.classes)
     if getattr(a, "heads", None) is None:
-        res = evaluate(model, x, y, pre.normalizer().to(device), a.batch_size)
-        _print_json(res) if a.json else [print(f"{k}: {v:.4f}") for k, v in res.items()]
+        ev = evaluate_detailed(model, x, y, pre.normalizer().to(device), a.batch_size)
+        _print_evaluation(ev, classes, a)
         return 0
 
     # partial deployment (paper 004 Tables C, B): a subset of a head's sub-heads, combined as the head's
@@ -133,15 +137,37 @@ def cmd_eval(a: argparse.Namespace) -> int:
             out = self.inner(inputs)
             return ModelOutput({label: combine_logits([out.logits[k] for k in keys], mode)}, out.features)
 
-    res = evaluate(Subset(model), x, y, pre.normalizer().to(device), a.batch_size)
+    ev = evaluate_detailed(Subset(model), x, y, pre.normalizer().to(device), a.batch_size)
     info = {"heads": keys, "combine": mode, **({"seed": a.seed} if spec.endswith(":random") else {})}
-    if a.json:
-        _print_json({**info, **res})
-    else:
+    if not a.json:
         print(f"heads: {', '.join(keys)} (logits combined by {mode}"
               + (f"; drawn with seed {a.seed})" if "seed" in info else ")"))
-        [print(f"{k}: {v:.4f}") for k, v in res.items()]
+    _print_evaluation(ev, classes, a, info)
     return 0
+
+
+def _print_evaluation(ev, classes: list[str], a: argparse.Namespace, info: dict | None = None) -> None:
+    """`eval`'s output: accuracy, balanced accuracy and loss per head, then each head's per-class table (the
+    worst classes first when there are many) — or all of it, confusion matrices included, as JSON; --plot
+    writes the first head's confusion matrix."""
+    from .results.report import per_class_lines
+    per = ev.per_class(classes)
+    written = []
+    if getattr(a, "plot", None) and per["heads"]:
+        from .results.plots import plot_confusion
+        head, rep = next(iter(per["heads"].items()))
+        written.append(plot_confusion(rep["confusion"], a.plot, per["classes"],
+                                      f"{head}: confusion matrix (balanced accuracy {rep['balanced_acc']:.1f}%)"))
+    if a.json:
+        _print_json({**(info or {}), **ev.metrics, "per_class": per,
+                     **({"plot": str(written[0])} if written else {})})
+        return
+    for k, v in ev.metrics.items():
+        print(f"{k}: {v:.4f}")
+    for head, rep in per["heads"].items():
+        print("\n" + "\n".join(per_class_lines(rep["confusion"], per["classes"], head)))
+    for path in written:
+        print(f"plot: {path}")
 
 
 @command("predict")
@@ -209,34 +235,91 @@ def cmd_data(a: argparse.Namespace) -> int:
         from .data.download import download_cifar
         _print_json({"path": str(download_cifar(a.source, a.root))})
         return 0
-    result = info.prepare(a.source) if a.action == "prepare" else info.inspect(a.source, a.split)
+    if a.action == "cache":
+        from .data.cachecmd import run_cache_command
+        return run_cache_command(a.source, a.overrides, yes=a.yes, everything=a.all, as_json=a.json)
+    from .data.training import source_options
+    d = _data_keys(a.source, a.overrides)
+    opts = source_options(d)
+    if a.action == "prepare":
+        result = info.prepare(d.source, **opts)
+    else:
+        result = info.inspect(d.source, a.split or d.train_split, **opts)
     _print_json(result)
     return 0
+
+
+def _data_keys(source: str, items: list[str]):
+    """The typed `data` section of a `data inspect|prepare` command line: the same `data.*` keys as `train`
+    (`data.` may be left out; a key that is not a data key is a source option, as data.options.<key>)."""
+    from .config import DataConfig, build_config, parse_overrides
+    tree: dict = {"source": source}
+    for key, value in parse_overrides(items).items():
+        if key == "data" and isinstance(value, dict):
+            tree.update(value)
+        elif key in DataConfig.model_fields:
+            tree[key] = value
+        elif isinstance(value, dict):
+            raise ConfigError(f"`data inspect|prepare` take data.* keys only, got a {key}.* key; e.g. data.image_size=32")
+        else:
+            tree.setdefault("options", {})[key] = value
+    return build_config({"data": tree}).data
 
 
 # -- runs ----------------------------------------------------------------------------------------
 @command("runs")
 def cmd_runs(a: argparse.Namespace) -> int:
+    from . import runs
     from .train.run import open_store
     store = open_store(a.store)
     if a.action == "list":
-        rows = store.list(status=a.status, protocol=a.protocol)
+        if a.run_id:
+            raise ConfigError(f"`runs list` takes no run id (got {a.run_id!r}); use `r18lab runs show {a.run_id}`")
+        records = [runs.record(r) for r in store.list(status=a.status, protocol=a.protocol, limit=a.limit)]
         if a.json:
-            _print_json(rows)
-            return 0
-        print(f"{'status':9} {'wall s':>8}  {'main acc':>8}  run")
-        for r in rows:
-            acc = (r.get("metrics") or {}).get("eval/main/acc")
-            wall = r.get("wall_seconds")
-            print(f"{r['status']:9} {wall if wall is None else round(wall, 1)!s:>8}  "
-                  f"{'' if acc is None else f'{acc:.2f}':>8}  {r['run_id']}")
+            _print_json(records)
+        else:
+            print(runs.list_table(records) if records else f"no runs in {store.path}"
+                  + (" with these filters" if a.status or a.protocol else ""))
         return 0
     if not a.run_id:
-        raise ConfigError("`runs show` needs a run id; `r18lab runs list` shows the run ids")
-    row = store.get(a.run_id)
-    if row is None:
-        raise R18Error(f"no run {a.run_id!r} in {store.path}; `r18lab runs list` shows the run ids")
-    _print_json(row)
+        raise ConfigError("`runs show` needs a run id, a short id or a run folder; `r18lab runs list` shows the ids")
+    rec = runs.find(store, a.run_id)
+    _print_json(rec) if a.json else print(runs.show_text(rec))
+    return 0
+
+
+# -- config ------------------------------------------------------------------------------------------
+@command("config")
+def cmd_config(a: argparse.Namespace) -> int:
+    if a.action == "show":
+        from .config import config_dict, load_config, resolve_tree
+        from .config_keys import config_yaml
+        if a.recipe and "=" in a.recipe and not Path(a.recipe).exists():
+            a.overrides, a.recipe = [a.recipe, *a.overrides], None  # no file: only key=value overrides
+        tree = config_dict(load_config(a.recipe, a.overrides, a.scale))
+        protocol = resolve_tree(a.recipe, a.overrides, a.scale).get("protocol")
+        if a.json:
+            _print_json(tree)
+            return 0
+        print(config_yaml(tree))
+        if protocol is not None:  # not a run key: shown as resolved; `r18lab protocol` validates it
+            print("# the recipe's protocol section, as resolved (validated by `r18lab protocol`):")
+            print(config_yaml({"protocol": protocol}))
+        return 0
+    if not a.keys and a.action != "keys":
+        raise ConfigError("`r18lab config` needs --keys (every config key) or `show RECIPE` (a resolved config); "
+                          "e.g. r18lab config --keys --markdown")
+    if a.recipe or a.overrides or a.scale:
+        raise ConfigError(f"`config --keys` takes no recipe, scale or overrides (got "
+                          f"{' '.join([*filter(None, [a.recipe, a.scale]), *a.overrides])}); "
+                          "use `r18lab config show RECIPE ...` for a resolved config")
+    from .config_keys import config_keys, keys_markdown, keys_text
+    keys = config_keys()
+    if a.json:
+        _print_json([k.as_dict() for k in keys])
+    else:
+        print(keys_markdown(keys) if a.markdown else keys_text(keys))
     return 0
 
 
@@ -318,8 +401,8 @@ def cmd_protocol(a: argparse.Namespace) -> int:
 
 @command("report")
 def cmd_report(a: argparse.Namespace) -> int:
-    from .results.report import report_run
-    print(report_run(Path(a.run_dir), Path(a.out) if a.out else None))
+    from .results.report import report
+    print(report(Path(a.run_dir), Path(a.out) if a.out else None))
     return 0
 
 
@@ -379,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--heads", help="evaluate only these sub-heads of one head, their logits combined as the head's "
                                    "combine option says (e.g. ga.0,ga.3), or one drawn at random: ga:random")
     e.add_argument("--seed", type=int, default=0, help="seed of the --heads HEAD:random draw (default 0)")
+    e.add_argument("--plot", metavar="PNG", help="write the (first) head's confusion matrix to this PNG")
 
     pd = sub.add_parser("predict", help="per-sample logits of every head, features (and stage maps) as .npz")
     pd.add_argument("weights", help="model.safetensors (its stored preprocessing is used)")
@@ -399,19 +483,47 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True)
     x.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
-    d = sub.add_parser("data", help="prepare (decode into the cache), inspect, or download (cifar10|cifar100) a dataset")
-    d.add_argument("action", choices=["prepare", "inspect", "download"])
-    d.add_argument("source", help="a path or built-in name; for download: cifar10 or cifar100")
+    d = sub.add_parser("data", help="prepare (decode into the cache), inspect, or download (cifar10|cifar100) a "
+                                    "dataset; cache list|clear [SOURCE]: the decode cache",
+                       description="inspect|prepare SOURCE [data.key=value ...]: the same data.* keys as train "
+                                   "(e.g. data.image_size=32 data.resize=shorter_side data.exclude_classes=[x]); "
+                                   "cache list: where the cache is, each entry's source and size; cache clear "
+                                   "[SOURCE] --yes: delete the entries (of SOURCE: a path or entry name)")
+    d.add_argument("action", choices=["prepare", "inspect", "download", "cache"])
+    d.add_argument("source", help="a path or built-in name; for download: cifar10 or cifar100; for cache: list or "
+                                  "clear")
+    d.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="data.* keys as in train (inspect, prepare); cache clear: the SOURCE whose entries to delete")
     d.add_argument("--root", default="data", help="download folder (default ./data)")
-    d.add_argument("--split", default="train")
+    d.add_argument("--split", help="inspect: the split to describe (default data.train_split)")
+    d.add_argument("--yes", action="store_true", help="cache clear: delete (without it, only show what would go)")
+    d.add_argument("--all", action="store_true", help="cache clear: also other caches kept there (probe features)")
+    d.add_argument("--json", action="store_true", help="cache list: print JSON")
 
-    r = sub.add_parser("runs", help="list or show runs in the results store")
+    r = sub.add_parser("runs", help="list or show runs in the results store",
+                       description="list: status, short id, dataset, model, heads and main-head accuracy of every "
+                                   "run, newest first. show ID: one run by its id, a unique prefix of its short id, "
+                                   "or its run folder (the --out of train; read from the folder if the store lacks it)")
     r.add_argument("action", choices=["list", "show"])
-    r.add_argument("run_id", nargs="?")
-    r.add_argument("--status")
-    r.add_argument("--protocol")
-    r.add_argument("--store")
-    r.add_argument("--json", action="store_true")
+    r.add_argument("run_id", nargs="?", help="show: a run id, a short-id prefix, or a run folder")
+    r.add_argument("--status", help="list: only runs with this status (running, done, failed, diverged, interrupted)")
+    r.add_argument("--protocol", help="list: only runs of this protocol")
+    r.add_argument("--limit", type=_positive_int, help="list: at most N runs (the newest)")
+    r.add_argument("--store", help="results store (default $R18LAB_STORE or runs/index.sqlite)")
+    r.add_argument("--json", action="store_true", help="print JSON records (stable keys) instead of text")
+
+    cf = sub.add_parser("config", help="every config key (--keys), or a recipe's resolved config (show)",
+                        description="--keys: every config key with type, default and description, generated from "
+                                    "the typed config (--markdown: a table for the README; --json). show [RECIPE] "
+                                    "[--scale S] [key=value ...]: the resolved, validated config as YAML (as train "
+                                    "would run it)")
+    cf.add_argument("action", nargs="?", choices=["show", "keys"], help="show: a resolved config; keys: as --keys")
+    cf.add_argument("recipe", nargs="?", help="show: a YAML recipe (or the first key=value override)")
+    cf.add_argument("overrides", nargs="*", help="show: key=value overrides, e.g. train.epochs=5")
+    cf.add_argument("--keys", action="store_true", help="print every config key")
+    cf.add_argument("--markdown", action="store_true", help="--keys as a markdown table")
+    cf.add_argument("--json", action="store_true", help="JSON instead of text or YAML")
+    cf.add_argument("--scale", help="show: apply the recipe's named scale (tiny, paper)")
 
     m = sub.add_parser("models", help="parameters and FLOPs of a configured model")
     m.add_argument("action", choices=["info", "tables"], help="info NAME: one model; tables paper003: a paper's "
@@ -532,9 +644,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--executor", default="local", choices=EXECUTORS.names(), help="where the runs execute")
     pr.add_argument("--store")
 
-    rp = sub.add_parser("report", help="plots and tables of a run directory")
-    rp.add_argument("run_dir")
-    rp.add_argument("--out")
+    rp = sub.add_parser("report", help="plots and tables of a run directory or a protocol directory",
+                        description="A run directory: learning_curves.png, confusion.png, per_class.csv and the "
+                                    "per-class table; alpha/lr_scale/lr_by_epoch.png only for runs that logged them "
+                                    "(the tempbalance hook). A protocol directory: the protocol's tables and plots "
+                                    "(rebuilt from its protocol.json), else runs_*.csv/png of its finished runs "
+                                    "grouped over seeds. Every file written is printed.")
+    rp.add_argument("run_dir", help="the --out directory of `r18lab train` or of `r18lab protocol`")
+    rp.add_argument("--out", help="run directory: write the files here instead")
 
     pb = sub.add_parser("probe", help="downstream probes of a checkpoint: linear SVM, few-shot SVM, fine-tuning",
                         description="r18lab probe {linear,fewshot,finetune} CKPT DATA [key=value ...]: a linear SVM "

@@ -65,8 +65,15 @@ class AugmentConfig(Strict):
 
 class DataConfig(Strict):
     source: str = "digits"
-    train_split: str = "train"
-    test_split: str = "test"
+    #: a split (folder) name, or several concatenated, e.g. [art_painting, cartoon, photo] (leave-one-domain-out)
+    train_split: Union[str, list[str]] = "train"
+    test_split: Union[str, list[str]] = "test"
+    #: where train/test come from in an image folder: `folders` = its <split>/ level; `auto` = a stratified seeded
+    #: split of <class>/<image> (test_fraction; seed split_seed or 0; saved beside the decode cache and reused);
+    #: None = `folders` when the folder has a split level, else `auto`
+    split: Literal["auto", "folders"] | None = None
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of each class in the test split of split=auto")
+    exclude_classes: list[str] = []  # class names dropped from every split, e.g. [BACKGROUND_Google]
     labels: int | None = Field(None, ge=1, description="labelled pool size (nested, class-balanced); None = all")
     indices: str | None = None  # a file of training-set indices (JSON list, .npy or one per line): train on exactly these
     task: Union[str, dict[str, Any]] = "classes"  # the labels learnt: classes, cifar2, {name: binary, positive: [...]}, ...
@@ -74,9 +81,22 @@ class DataConfig(Strict):
     balanced: bool = True
     split_seed: int | None = None  # None: the run's seed
     image_size: int | None = Field(None, ge=1)
+    #: how image files reach image_size²: `squash` (bilinear to the square, aspect ratio not kept) or `shorter_side`
+    #: (shorter side to image_size, then the centre square); train-time random-resized-crop: augment.random_resized_crop
+    resize: Literal["squash", "shorter_side"] = "squash"
+    channels: Literal[1, 3, "auto"] = 3  # 1: greyscale (the model's first layer takes 1 channel); auto: 1 if all grey
+    on_bad_image: Literal["error", "skip"] = "error"  # an undecodable image file: stop, or skip it and list it
     options: dict[str, Any] = {}  # passed to the source, e.g. {num_classes: 4, n: 512} for synthetic
     normalize: Literal["dataset", "none"] = "dataset"
     augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("train_split", "test_split")
+    @classmethod
+    def _split_names(cls, v: Union[str, list[str]]) -> Union[str, list[str]]:
+        names = [v] if isinstance(v, str) else v
+        if not names or any(not n.strip() for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"needs a split name or a list of distinct split names, e.g. [art_painting, photo]; got {v!r}")
+        return v[0] if isinstance(v, list) and len(v) == 1 else v
 
 
 class InitFromConfig(Strict):
@@ -151,7 +171,8 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, ge=1)
     eval_every: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (smoke tests)")
-    progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"  # lines (auto without a TTY): a line at least every 30 s
+    sampler: Literal["uniform", "balanced"] = "uniform"  # balanced: each draw a class with equal probability, then an image of it
 
 
 class RunConfig(Strict):

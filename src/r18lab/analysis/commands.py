@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError
 
-COLUMNS = ["name", "num_evals", "alpha", "xmin", "ks_distance", "lambda_max", "alpha_weighted",
+COLUMNS = ["name", "num_evals", "alpha", "xmin", "ks_distance", "n_tail", "reliable", "lambda_max", "alpha_weighted",
            "log_alpha_norm", "stable_rank", "warning"]
 
 
@@ -42,7 +43,7 @@ def run_analysis(a: argparse.Namespace) -> int:
 
 def run_spectrum(a: argparse.Namespace) -> int:
     from ..results.tables import to_markdown
-    from .spectrum import analyze, fit_power_law, layer_spectra, to_csv
+    from .spectrum import analyze, fit_power_law, layer_spectra, to_csv, unreliable_note
     from .spectrum_plots import plot_alpha_by_depth, plot_esd
 
     paths = [Path(p) for p in a.paths]
@@ -57,10 +58,15 @@ def run_spectrum(a: argparse.Namespace) -> int:
             print(f"### {label}\n" if len(paths) > 1 else "", end="")
             print(to_markdown(table, COLUMNS, {"num_evals": "d", "xmin": ".3g", "lambda_max": ".3g",
                                                "ks_distance": ".3f", "stable_rank": ".1f"}))
+            note = unreliable_note(table)
+            if note:
+                print(note + "\n")
+    say = (lambda line: print(line, file=sys.stderr)) if a.json else print  # --json: stdout stays one JSON value
     if a.csv:
         to_csv(rows, a.csv)
+        say(f"table: {a.csv}")
     if a.plot:
-        print(f"plot: {plot_alpha_by_depth(by_label, a.plot)}")
+        say(f"plot: {plot_alpha_by_depth(by_label, a.plot)}")
     path = paths[0]
     if a.esd_plot:
         if isinstance(first, Path):
@@ -70,7 +76,7 @@ def run_spectrum(a: argparse.Namespace) -> int:
             raise ConfigError(f"--esd-layer {a.esd_layer!r} is not a Conv/Linear layer of {path}; "
                               f"e.g. {', '.join(list(spectra)[:3])}")
         ev = spectra[a.esd_layer]
-        plot_esd(ev, fit_power_law(ev, xmin=a.xmin), a.esd_plot, title=a.esd_layer)
+        say(f"plot: {plot_esd(ev, fit_power_law(ev, xmin=a.xmin), a.esd_plot, title=a.esd_layer)}")
     return 0
 
 

@@ -44,8 +44,14 @@ SMALL_N = 20               # fewer kept eigenvalues → WeightWatcher's small-N 
 SMALL_N_MIN_TAIL = 8       # small-N fit: shortest tail considered (WW_powerlaw k_min)
 OVER_TRAINED_BELOW = 2.0   # WeightWatcher's warnings: α < 2 "over-trained", α > 6 "under-trained"
 UNDER_TRAINED_ABOVE = 6.0
+#: fewest tail eigenvalues for a fit to be read: the Hill estimate's standard error is (α − 1)/√n_tail (over 14 %
+#: of α − 1 below 50) and its small-sample bias grows as n_tail shrinks; Clauset, Shalizi & Newman (2009,
+#: "Power-law distributions in empirical data") give n ≳ 50 as the rule of thumb for reliable estimates. A fit on
+#: fewer is flagged unreliable, not read as over- or under-trained.
+MIN_TAIL = 50
+UNRELIABLE = f"n_tail < {MIN_TAIL}: unreliable"
 XMIN_MODES = ("median", "ks")
-ROW_FIELDS = ("name", "kind", "shape", "num_evals", "alpha", "xmin", "ks_distance", "n_tail", "lambda_max",
+ROW_FIELDS = ("name", "kind", "shape", "num_evals", "alpha", "xmin", "ks_distance", "n_tail", "reliable", "lambda_max",
               "alpha_weighted", "log_alpha_norm", "stable_rank", "warning")
 
 _GRIDS = (16, 512)          # points per candidate tail for the coarse, then the fine KS lower bound
@@ -287,10 +293,18 @@ def _finite(v: float) -> float | None:
     return float(v) if v is not None and math.isfinite(v) else None
 
 
-def warning_for(alpha: float) -> str:
-    """WeightWatcher's wording: "over-trained" if α < 2, "under-trained" if α > 6, "" in between."""
+def reliable_fit(alpha: float | None, n_tail: int) -> bool:
+    """A fit worth reading: a finite α from at least MIN_TAIL tail eigenvalues."""
+    return alpha is not None and math.isfinite(alpha) and n_tail >= MIN_TAIL
+
+
+def warning_for(alpha: float, n_tail: int | None = None) -> str:
+    """WeightWatcher's wording: "over-trained" if α < 2, "under-trained" if α > 6, "" in between; a fit on fewer
+    than MIN_TAIL tail eigenvalues (when `n_tail` is given) is "n_tail < 50: unreliable" whatever its α."""
     if alpha is None or not math.isfinite(alpha):
         return "fit-failed"
+    if n_tail is not None and n_tail < MIN_TAIL:
+        return UNRELIABLE
     if alpha < OVER_TRAINED_BELOW:
         return "over-trained"
     if alpha > UNDER_TRAINED_ABOVE:
@@ -313,10 +327,10 @@ def spectrum_row(name: str, kind: str, shape, evals: torch.Tensor, xmin: str = "
     return {
         "name": name, "kind": kind, "shape": [int(s) for s in shape], "num_evals": int(evals.numel()),
         "alpha": _finite(a), "xmin": _finite(fit.xmin), "ks_distance": _finite(fit.ks_distance),
-        "n_tail": int(fit.n_tail), "lambda_max": _finite(lam_max), "alpha_weighted": _finite(alpha_weighted),
-        "log_alpha_norm": _finite(log_alpha_norm),
+        "n_tail": int(fit.n_tail), "reliable": reliable_fit(a, int(fit.n_tail)), "lambda_max": _finite(lam_max),
+        "alpha_weighted": _finite(alpha_weighted), "log_alpha_norm": _finite(log_alpha_norm),
         "stable_rank": _finite(total / lam_max) if lam_max and lam_max > 0 else None,
-        "warning": warning_for(a),
+        "warning": warning_for(a, int(fit.n_tail)),
     }
 
 
@@ -379,6 +393,18 @@ def analyze(model_or_state, xmin: str = "median", min_evals: int = 0) -> list[di
 # ---------------------------------------------------------------------------------------------- output
 
 
+def unreliable_note(rows: list[dict]) -> str:
+    """One line naming the layers whose fit rests on fewer than MIN_TAIL tail eigenvalues, and why that matters
+    ('' when there are none)."""
+    bad = [r for r in rows if r.get("alpha") is not None and not r.get("reliable", True)]
+    if not bad:
+        return ""
+    names = ", ".join(f"{r['name'] or '(root)'} ({r['n_tail']})" for r in bad[:6]) + (" …" if len(bad) > 6 else "")
+    return (f"warning: {len(bad)} of {len(rows)} layers fit α on fewer than {MIN_TAIL} tail eigenvalues (n_tail): "
+            f"{names}. Their α has a standard error of (α−1)/√n_tail and a small-sample bias, so it is marked "
+            f"unreliable rather than read as over- or under-trained (Clauset et al. 2009: n ≳ {MIN_TAIL}).")
+
+
 def to_csv(rows: list[dict], path) -> None:
     """Write rows as CSV (columns ROW_FIELDS, shape as "out×in×kh×kw", None as empty), atomically."""
     buf = io.StringIO()
@@ -396,5 +422,5 @@ def to_json(rows: list[dict], path) -> None:
     atomic_write_text(path, json.dumps(rows, indent=1) + "\n")
 
 
-__all__ = ["PowerLawFit", "ROW_FIELDS", "analyze", "fit_power_law", "layer_spectra", "spectrum_row",
-           "to_csv", "to_json", "warning_for", "weight_spectrum"]
+__all__ = ["MIN_TAIL", "PowerLawFit", "ROW_FIELDS", "UNRELIABLE", "analyze", "fit_power_law", "layer_spectra",
+           "reliable_fit", "spectrum_row", "to_csv", "to_json", "unreliable_note", "warning_for", "weight_spectrum"]

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from ..errors import DataError
 from ..results.plots import save_png
-from .spectrum import OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE, PowerLawFit
+from .spectrum import MIN_TAIL, OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE, PowerLawFit
 
 
 def plot_alpha_by_depth(rows_by_label: dict[str, list[dict]], path) -> Path:
@@ -30,7 +30,11 @@ def plot_alpha_by_depth(rows_by_label: dict[str, list[dict]], path) -> Path:
     for label, rows in rows_by_label.items():
         alphas = [r.get("alpha") for r in rows]
         y = np.array([a if a is not None and math.isfinite(a) else np.nan for a in alphas], dtype=float)
-        ax.plot(np.arange(len(y)), y, marker="o", markersize=3, linewidth=1.2, label=str(label))
+        (line,) = ax.plot(np.arange(len(y)), y, marker="o", markersize=3, linewidth=1.2, label=str(label))
+        weak = [i for i, r in enumerate(rows) if r.get("reliable") is False and np.isfinite(y[i])]
+        if weak:  # fits on fewer than MIN_TAIL tail eigenvalues: open markers, not to be read as over/under-trained
+            ax.plot(weak, y[weak], linestyle="none", marker="o", markersize=6, markerfacecolor="white",
+                    markeredgecolor=line.get_color(), label=f"{label}: n_tail < {MIN_TAIL} (unreliable)")
         if len(rows) > len(longest):
             longest = rows
     ax.axhline(OVER_TRAINED_BELOW, color="grey", linestyle="--", linewidth=0.8)
@@ -66,7 +70,8 @@ def plot_esd(eigenvalues, fit: PowerLawFit, path, title: str = "") -> Path:
         xs = np.logspace(np.log10(xm), np.log10(hi), 200)
         frac = fit.n_tail / ev.size if ev.size else 1.0
         ax.plot(xs, frac * (a - 1) / xm * (xs / xm) ** (-a), color="tab:red", linewidth=1.5,
-                label=rf"power law $\alpha$={a:.2f} (D={fit.ks_distance:.3f}, n={fit.n_tail})")
+                label=rf"power law $\alpha$={a:.2f} (D={fit.ks_distance:.3f}, n={fit.n_tail}"
+                      + (f" < {MIN_TAIL}: unreliable)" if fit.n_tail < MIN_TAIL else ")"))
         ax.axvline(xm, color="tab:red", linestyle="--", linewidth=1, label=rf"$\lambda_{{min}}$={xm:.3g}")
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -31,6 +31,7 @@ from .dataset import Dataset
 
 CACHE_FORMAT = 1
 CACHE_ENV = "R18LAB_CACHE"
+BAD_IMAGES_FILE = "bad_images.txt"
 
 
 def cache_root() -> Path:
@@ -72,11 +73,18 @@ def entry_dir(identity: dict[str, Any]) -> Path:
 
 def open_entry(entry: Path, identity: dict[str, Any]) -> dict[str, Dataset] | None:
     """All splits of a valid entry as mmap-backed Datasets; None if the entry is missing or fails a check."""
+    opened = open_entry_meta(entry, identity)
+    return None if opened is None else opened[0]
+
+
+def open_entry_meta(entry: Path, identity: dict[str, Any]) -> tuple[dict[str, Dataset], dict[str, Any]] | None:
+    """(all splits, meta.json) of a valid entry; None if the entry is missing or fails a check. meta may hold
+    `names` (each split's files), `layout`, `bad_images` (skipped as undecodable) and `ignored` (not images)."""
     try:
         meta = json.loads((entry / "meta.json").read_text())
         if meta.get("identity") != identity:
             return None
-        return {split: _open_split(entry, split, info) for split, info in meta["splits"].items()}
+        return {split: _open_split(entry, split, info) for split, info in meta["splits"].items()}, meta
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -95,14 +103,18 @@ def _open_split(entry: Path, split: str, info: dict[str, Any]) -> Dataset:
     return Dataset(images, labels, classes, info["name"])
 
 
-def write_entry(entry: Path, identity: dict[str, Any], splits: dict[str, Dataset]) -> None:
-    """Write all splits to entry atomically, replacing a stale or corrupt one."""
+def write_entry(entry: Path, identity: dict[str, Any], splits: dict[str, Dataset],
+                extra: dict[str, Any] | None = None) -> None:
+    """Write all splits to entry atomically, replacing a stale or corrupt one; `extra` joins meta.json, and its
+    `bad_images` list is also written as bad_images.txt (one file per line)."""
     partial = entry.parent / f".partial-{entry.name}-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         _sweep_partials(entry)
         partial.mkdir()
-        meta: dict[str, Any] = {"identity": identity, "splits": {}}
+        meta: dict[str, Any] = {"identity": identity, "splits": {}, **(extra or {})}
+        if meta.get("bad_images"):
+            (partial / BAD_IMAGES_FILE).write_text("".join(f"{name}\n" for name in meta["bad_images"]))
         for split, ds in splits.items():
             np.save(partial / f"{split}.images.npy", np.ascontiguousarray(ds.images), allow_pickle=False)
             np.save(partial / f"{split}.labels.npy", ds.labels.astype(np.int64), allow_pickle=False)
@@ -160,4 +172,68 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return True
+
+
+# -- what is in the cache, and clearing it ---------------------------------------------------------------------
+def folder_size(path: Path) -> int:
+    """Bytes of the files under path (0 if it vanished meanwhile)."""
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+    return total
+
+
+def list_entries(root: Path | None = None) -> list[dict[str, Any]]:
+    """Every folder in the cache root: decode entries (`kind` decode: the source, its options, splits, size),
+    half-written ones (`partial`) and other caches kept there (`other`, e.g. probe features), largest first."""
+    root = cache_root() if root is None else root
+    rows = []
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        if not path.is_dir() or path.name == ".locks":
+            continue
+        row: dict[str, Any] = {"entry": path.name, "path": str(path), "kind": "other", "source": None,
+                               "size_bytes": folder_size(path)}
+        if path.name.startswith(".partial-"):
+            row["kind"] = "partial"
+        else:
+            try:
+                meta = json.loads((path / "meta.json").read_text())
+                ident = meta["identity"]
+                row.update(kind="decode", source=ident["path"], options=ident.get("options", {}),
+                           splits={k: v["shape"][0] for k, v in meta["splits"].items()})
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        rows.append(row)
+    return sorted(rows, key=lambda r: (-r["size_bytes"], r["entry"]))
+
+
+def matching_entries(rows: list[dict[str, Any]], source: str | None, everything: bool = False) -> list[dict[str, Any]]:
+    """The rows `clear` deletes: decode and partial entries (every folder with `everything`), of `source` only
+    when given (an entry name, or the path of the source: entries of every option set)."""
+    kinds = ("decode", "partial", "other") if everything else ("decode", "partial")
+    if source is None:
+        return [r for r in rows if r["kind"] in kinds]
+    want = {source, str(Path(source).expanduser().absolute())}
+    with contextlib.suppress(OSError):
+        want.add(str(Path(source).expanduser().resolve()))
+    return [r for r in rows if r["entry"] in want or (r["source"] is not None and r["source"] in want)]
+
+
+def remove_entry(path: Path) -> bool:
+    """Delete one cache folder, holding its lock so that no decode is writing it meanwhile; a half-written
+    folder of a process still running is kept (False)."""
+    if path.name.startswith(".partial-"):
+        pid = path.name.rsplit("-", 2)[-2] if path.name.count("-") >= 3 else ""
+        if pid.isdigit() and _alive(int(pid)):
+            return False
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    if not (path / "meta.json").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    with entry_lock(path):
+        shutil.rmtree(path, ignore_errors=True)
     return True

@@ -24,11 +24,31 @@ def seeded_generator(*keys: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(state[0] >> np.uint64(1)))
 
 
+SAMPLERS = ("uniform", "balanced")
+
+
+def balanced_order(labels: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n example indices (CPU), each drawn by picking one of the classes present with equal probability, then
+    one of its examples uniformly: P(i) = 1 / (C_present · n_{y_i})."""
+    y = labels.detach().cpu().long()
+    by_class = torch.argsort(y, stable=True)
+    counts = torch.bincount(y)
+    present = torch.nonzero(counts).flatten()
+    sizes = counts[present]
+    starts = torch.cumsum(counts, 0)[present] - sizes
+    c = torch.randint(len(present), (n,), generator=generator)
+    within = (torch.rand(n, generator=generator, dtype=torch.float64) * sizes[c]).long().clamp_max_(sizes[c] - 1)
+    return by_class[starts[c] + within]
+
+
 class BatchLoader:
     """Yields (x float32, y) batches from tensors already on device; call set_epoch(e) before each epoch.
 
-    Epoch e's permutation comes from a generator seeded by (seed, e) and batch b's augmentation from one
+    Epoch e's order comes from a generator seeded by (seed, e) and batch b's augmentation from one
     seeded by (seed, e, b), so any epoch, or the tail of one from set_epoch(e, start=b), replays exactly.
+    `sampler="uniform"`: the order is a permutation (each example once per epoch); `"balanced"`: N draws with
+    replacement, each of a class picked with equal probability then an example of it uniformly (so rare classes
+    repeat and common ones are subsampled), from the same seeded generator.
     Without an augment the batch is x/255 in float32 (no normalisation) and views is ignored.
     """
 
@@ -42,6 +62,7 @@ class BatchLoader:
         seed: int = 0,
         augment: Augment | None = None,
         views: int = 1,
+        sampler: str = "uniform",
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             got = f"{images.dtype} {tuple(images.shape)}"
@@ -56,11 +77,24 @@ class BatchLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.augment, self.views = seed, augment, views
         self.epoch, self.start = 0, 0
+        self.set_sampler(sampler)
+
+    def set_sampler(self, sampler: str) -> None:
+        """`uniform` (a permutation per epoch) or `balanced` (each draw: a class with equal probability, then
+        one of its examples); `balanced` needs shuffle."""
+        if sampler not in SAMPLERS:
+            raise DataError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        if sampler == "balanced" and not self.shuffle:
+            raise DataError("the balanced sampler draws at random; it needs shuffle=True")
+        self.sampler = sampler
+        self._cpu_labels = self.labels.detach().cpu() if sampler == "balanced" else None  # read once, not per epoch
 
     def __len__(self) -> int:
-        """Batches per epoch."""
+        """Batches per epoch. A last batch of a single image is left out (batch norm cannot train on one image;
+        the order is reshuffled every epoch, so a different image sits out each time)."""
         n = len(self.images)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        lone = n > self.batch_size and n % self.batch_size == 1
+        return n // self.batch_size if self.drop_last or lone else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select epoch `epoch`; iterations begin at its batch `start` (to resume mid-epoch) until set again."""
@@ -73,7 +107,10 @@ class BatchLoader:
         n = len(self.images)
         if not self.shuffle:
             return torch.arange(n, device=self.images.device)
-        return torch.randperm(n, generator=seeded_generator(self.seed, self.epoch)).to(self.images.device)
+        g = seeded_generator(self.seed, self.epoch)
+        if self.sampler == "balanced" and n:
+            return balanced_order(self._cpu_labels, n, g).to(self.images.device)
+        return torch.randperm(n, generator=g).to(self.images.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]]:
         order = self.order()

@@ -12,7 +12,7 @@ from ..errors import ConfigError, R18Error
 from ..models.io import Preprocessing
 from .augment import Augment, channel_stats
 from .loader import BatchLoader, to_device_tensors
-from .loading import load
+from .loading import is_builtin, load_many
 from .splits import nested_pools, save_split
 from .tasks import Task, apply_task
 
@@ -38,7 +38,8 @@ class TrainingData:
         return len(self.train_indices)
 
 
-def training_indices(cfg, train_labels: np.ndarray, seed: int, source_rows: np.ndarray | None = None) -> np.ndarray:
+def training_indices(cfg, train_labels: np.ndarray, seed: int, source_rows: np.ndarray | None = None,
+                     classes: list[str] | None = None) -> np.ndarray:
     """The labelled pool: `data.indices` (a file of rows of the source's split, mapped through `source_rows` when
     the task keeps only some of them), else a nested pool of `data.labels`, else everything."""
     n = len(train_labels)
@@ -57,16 +58,96 @@ def training_indices(cfg, train_labels: np.ndarray, seed: int, source_rows: np.n
                               "of the task's classes")
         return pos
     if cfg.labels is not None:
-        if cfg.labels > n:
-            raise ConfigError(f"data.labels={cfg.labels} exceeds the {n} training images")
+        check_pool_size(cfg.labels, train_labels, cfg.balanced, classes, "data.labels")
         split_seed = seed if cfg.split_seed is None else cfg.split_seed
         return np.sort(nested_pools(train_labels, [cfg.labels], seed=split_seed, balanced=cfg.balanced)[0])
     return np.arange(n)
 
 
+def check_pool_size(size: int, labels: np.ndarray, balanced: bool, classes: list[str] | None = None,
+                    key: str = "data.labels") -> None:
+    """ConfigError (one line) for a labelled pool of `size` the training labels cannot give: more than there
+    are, or a class-balanced pool whose short class is named with how many images it lacks."""
+    n = len(labels)
+    if size > n:
+        whole = "protocol.labels accepts all" if key.startswith("protocol") else "drop data.labels"
+        raise ConfigError(f"{key}={size} exceeds the {n} training images; use at most {n} ({whole}: the full "
+                          "training set)")
+    if not balanced:
+        return
+    present, counts = np.unique(labels, return_counts=True)
+    k = len(present)
+    need = -(-size // k)  # a balanced pool of `size` takes ceil(size / k) of some classes
+    if counts.min() * k >= size:
+        return
+    short = int(np.argmin(counts))
+    name = classes[int(present[short])] if classes else str(int(present[short]))
+    lacking = int((counts < need).sum())
+    raise ConfigError(f"{key}={size}: a class-balanced pool needs {need} images of each of the {k} classes but class "
+                      f"{name!r} has {int(counts[short])} ({need - int(counts[short])} short; {lacking} class(es) "
+                      f"short in all); set data.balanced=false for a uniform draw, or use at most "
+                      f"{int(counts.min()) * k} labels")
+
+
 def source_options(d) -> dict:
-    """The options `load` gets for `cfg.data`: the source's own, plus `image_size` when set."""
-    return {**d.options, **({"image_size": d.image_size} if d.image_size else {})}
+    """The options `load` gets for `cfg.data`: the source's own, `image_size` when set, and the data keys that
+    differ from their defaults (channels and exclude_classes for every source; the resize policy, bad-image
+    policy and split reading for paths)."""
+    opts = {**d.options, **({"image_size": d.image_size} if d.image_size else {})}
+    if d.channels != 3:
+        opts["channels"] = d.channels
+    if d.exclude_classes:
+        opts["exclude_classes"] = list(d.exclude_classes)
+    if not is_builtin(d.source):
+        for key, value, default in (("resize", d.resize, "squash"), ("on_bad_image", d.on_bad_image, "error"),
+                                    ("split_mode", d.split, None), ("test_fraction", d.test_fraction, 0.2),
+                                    ("split_seed", d.split_seed, None)):
+            if value != default:
+                opts[key] = value
+    return opts
+
+
+def load_data(d) -> tuple:
+    """(train, test) Datasets of `cfg.data`: every split name and excluded class checked before any decode."""
+    return tuple(load_many(d.source, [d.train_split, d.test_split], **source_options(d)))
+
+
+def input_channels(d) -> int:
+    """The channels the data gives the model: data.channels, or for auto the loaded training split's."""
+    if d.channels != "auto":
+        return int(d.channels)
+    return int(load_data(d)[0].images.shape[-1])
+
+
+def checkpoint_channels(path: str) -> int | None:
+    """The input channels a weights file was trained on: its stored preprocessing, else its conv1 (None: unknown)."""
+    from ..models.io import preprocessing_of
+    if not Path(path).is_file():
+        return None
+    try:
+        stored = preprocessing_of(Path(path))
+        if stored is not None:
+            return int(stored.input_size[0])
+        from safetensors import safe_open
+        with safe_open(str(path), "pt") as f:
+            if "conv1.weight" in f.keys():
+                return int(f.get_slice("conv1.weight").get_shape()[1])
+    except Exception:  # unreadable here: init_from's own checks report it
+        return None
+    return None
+
+
+def check_init_channels(cfg, channels: int) -> None:
+    """ConfigError when model.init_from was trained on another number of input channels than the data has."""
+    init = cfg.model.init_from
+    if init is None:
+        return
+    theirs = checkpoint_channels(init.checkpoint)
+    if theirs is not None and theirs != channels:
+        raise ConfigError(f"data.channels={cfg.data.channels} gives {channels}-channel images but model.init_from "
+                          f"{init.checkpoint} was trained on {theirs}-channel inputs; set data.channels={theirs} "
+                          f"(greyscale is then repeated to {theirs} channels), or start from a {channels}-channel "
+                          "checkpoint")
 
 
 def run_preprocessing(normalize: str, source_train, classes) -> Preprocessing:
@@ -111,9 +192,21 @@ def test_points(task: Task, size: int | None, labels: np.ndarray, seed: int) -> 
 def prepare(cfg, out_dir: Path, device: torch.device) -> TrainingData:
     """Load the train/test splits of `cfg.data`, choose the pool (saved to out_dir/splits.json), build the loader."""
     d, t = cfg.data, cfg.train
-    opts = source_options(d)
-    source_train = load(d.source, split=d.train_split, **opts)
-    test = load(d.source, split=d.test_split, **opts)
+    if d.channels != "auto":
+        check_init_channels(cfg, int(d.channels))  # before the data is decoded
+    source_train, test = load_data(d)
+    for key, ds in (("train_split", source_train), ("test_split", test)):
+        if len(ds) == 0:
+            raise ConfigError(f"data.{key}={getattr(d, key)} of {d.source} holds no images; choose another split "
+                              "(an auto split leaves classes of one image out of test: add images or "
+                              "data.exclude_classes)")
+    channels = int(source_train.images.shape[-1])
+    if d.channels == "auto":
+        check_init_channels(cfg, channels)
+    asked = cfg.model.options.get("in_channels")
+    if asked is not None and asked != channels:
+        raise ConfigError(f"model.options.in_channels={asked} but the data gives {channels}-channel images; set "
+                          f"data.channels={asked} instead (the model's first layer follows the data)")
     if source_train.images.shape[1:] != test.images.shape[1:]:
         raise R18Error(f"train images {source_train.images.shape[1:]} and test images {test.images.shape[1:]} "
                        "differ in shape; set data.image_size")
@@ -125,7 +218,7 @@ def prepare(cfg, out_dir: Path, device: torch.device) -> TrainingData:
             raise ConfigError(f"data.task {d.task!r} fixes the training points; drop data.labels / data.indices")
         idx = task.train_points
     else:
-        idx = training_indices(d, train.labels, cfg.seed, task.train_source)
+        idx = training_indices(d, train.labels, cfg.seed, task.train_source, list(train.classes))
     test_idx = test_points(task, d.test_size, test.labels, split_seed)
     if test_idx is not None:
         test = test.subset(test_idx)

@@ -74,7 +74,8 @@ class Preprocessing:
         c, h, w = (int(v) for v in shape[1:])
         if (c, h, w) != tuple(self.input_size):
             hint = (f"pass image_size={self.input_size[1]}" if c == self.input_size[0]
-                    else f"convert the images to {self.channel_order}")
+                    else f"pass channels={self.input_size[0]} (data.channels={self.input_size[0]}) to read the "
+                         f"images as {self.channel_order}")
             raise R18Error(f"{what} gives {c}×{h}×{w} images but the model was trained on "
                            f"{'×'.join(map(str, self.input_size))}; {hint}")
 
@@ -231,6 +232,16 @@ def model_spec(cfg, num_classes: int) -> dict[str, Any]:
         spec["transforms"] = list(m.transforms)
     if m.init != "default":
         spec["init"] = m.init
+    data = getattr(cfg, "data", None)
+    if data is not None and getattr(data, "channels", 3) != 3:  # the first layer follows the data's channels
+        from ..data.training import input_channels
+        channels = input_channels(data)
+        if spec.get("in_channels", channels) != channels:
+            from ..errors import ConfigError
+            raise ConfigError(f"model.options.in_channels={spec['in_channels']} but data.channels="
+                              f"{data.channels} gives {channels}-channel images; drop model.options.in_channels")
+        if channels != 3:
+            spec["in_channels"] = channels
     return spec
 
 

@@ -9,9 +9,52 @@ from ..registry import OBJECTIVES
 from .base import Batch, Objective, ObjectiveContext, resolve_heads
 
 
-def ce_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """(1 − ε)·(−log p_y) + ε·mean_k(−log p_k), mean over the batch (label smoothing: Szegedy et al. 2016, sec. 7)."""
-    return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+def ce_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0,
+            weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(1 − ε)·(−log p_y) + ε·mean_k(−log p_k), mean over the batch (label smoothing: Szegedy et al. 2016, sec. 7).
+    With class weights w (torch's weighted cross-entropy): Σ_i w_{y_i}·ℓ_i / Σ_i w_{y_i}, where ℓ_i is the
+    example's loss with each class k's log-probability weighted by w_k."""
+    return F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=label_smoothing)
+
+
+def balanced_class_weights(counts: list[int]) -> list[float]:
+    """w_c = n / (C · n_c) over the C classes with training images (n images in all; sklearn's
+    `compute_class_weight("balanced")`): a class's images then weigh n/C in total, whatever its size. A class
+    without training images never is a target; it gets 0."""
+    present = [n for n in counts if n > 0]
+    total, c = sum(present), len(present)
+    return [total / (c * n) if n > 0 else 0.0 for n in counts]
+
+
+def class_weight_tensor(spec, ctx: ObjectiveContext, heads: list[str], who: str) -> torch.Tensor | None:
+    """The `class_weights` option as a float32 tensor on the run's device: None, `balanced` (from the training
+    labels' class counts, `ctx.extras["class_counts"]`, set by the engine) or one weight ≥ 0 per class."""
+    if spec is None:
+        return None
+    classes = {ctx.classes_of(h.split(".")[0]) for h in heads}
+    if len(classes) > 1:
+        raise ConfigError(f"{who}: class_weights needs heads with one label set, but they have {sorted(classes)} "
+                          "classes; give the heads of another label set their own ce entry")
+    (c,) = classes
+    if spec == "balanced":
+        counts = ctx.extras.get("class_counts")
+        if counts is None:
+            raise ConfigError(f"{who}: class_weights: balanced needs the training labels' class counts "
+                              "(ObjectiveContext.extras['class_counts'], set by the training engine); give one "
+                              "weight per class instead")
+        if len(counts) != c:
+            raise ConfigError(f"{who}: class_weights: balanced counts the run's {len(counts)} classes but the heads "
+                              f"have {c}; give one weight per class instead")
+        weights = balanced_class_weights(list(counts))
+    elif isinstance(spec, (list, tuple)):
+        ok = all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf") for w in spec)
+        if len(spec) != c or not ok or not any(w > 0 for w in spec):
+            raise ConfigError(f"{who}: class_weights must be `balanced` or {c} numbers ≥ 0 (one per class, not all "
+                              f"0), got {spec!r}")
+        weights = [float(w) for w in spec]
+    else:
+        raise ConfigError(f"{who}: class_weights must be `balanced` or a list of {c} weights, got {spec!r}")
+    return torch.tensor(weights, dtype=torch.float32, device=ctx.device)
 
 
 def bce_loss(logit: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -69,10 +112,11 @@ class CrossEntropy(Objective):
     `heads` may name sub-heads: `heads: ga.*` (or `[ga.0, ga.1, ...]`) is Σ_k CE(z_k, y) over the Gramian
     heads' own logits, the reference's loss (paper 004 Eq. 3; spec 004 §B.5), whereas `heads: [ga]` is the CE of
     their combined logits. `label_smoothing` defaults to the run's `train.label_smoothing`; one term
-    `ce/<key>` per head or sub-head."""
+    `ce/<key>` per head or sub-head. `class_weights`: `balanced` (w_c = n / (C·n_c) from the training pool) or
+    one weight per class, as torch's weighted cross-entropy (`ce_loss`)."""
 
     def __init__(self, ctx: ObjectiveContext, heads: str | list[str] = "all", weight: float = 1.0,
-                 label_smoothing: float | None = None) -> None:
+                 label_smoothing: float | None = None, class_weights: str | list[float] | None = None) -> None:
         if ctx.num_classes == 1:
             raise ConfigError("objective ce on a one-logit model is 0 whatever the weights; use objective=[bce] "
                               "(sigmoid cross-entropy) or set model.num_classes to the number of classes")
@@ -81,12 +125,14 @@ class CrossEntropy(Objective):
         self.smoothing = float(ctx.label_smoothing if label_smoothing is None else label_smoothing)
         if not 0.0 <= self.smoothing <= 1.0:
             raise ConfigError(f"objective ce: label_smoothing must lie in [0, 1], got {self.smoothing}")
+        self.class_weights = class_weight_tensor(class_weights, ctx, self.heads, "objective ce")
 
     def term_names(self) -> list[str]:
         return [f"ce/{h}" for h in self.heads]
 
     def compute(self, out, batch: Batch) -> dict[str, torch.Tensor]:
-        return {f"ce/{h}": self.weight * ce_loss(out.logits[h], batch.y, self.smoothing) for h in self.heads}
+        return {f"ce/{h}": self.weight * ce_loss(out.logits[h], batch.y, self.smoothing, self.class_weights)
+                for h in self.heads}
 
 
 @OBJECTIVES.register("bce")

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..config import resolve_tree
-from ..errors import ConfigError, Interrupted
+from ..errors import ConfigError, Interrupted, R18Error
 from ..registry import PROTOCOLS
 from . import runner
 from .executors import EXECUTORS
@@ -28,6 +28,23 @@ def continue_command(a: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
+def write_manifest(out: Path, a: argparse.Namespace, tree: dict, title: str) -> Path:
+    """protocol.json in the protocol directory: the protocol's name, title and resolved recipe tree, from which
+    `r18lab report DIR` rebuilds it (results.report.PROTOCOL_FILE)."""
+    import json
+
+    from ..atomic import atomic_write_text
+    from ..results.report import PROTOCOL_FILE
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return atomic_write_text(out / PROTOCOL_FILE, json.dumps(
+            {"name": a.name, "title": title, "config": str(a.config), "scale": a.scale,
+             "overrides": list(a.overrides), "tree": tree}, indent=2, default=str))
+    except OSError as e:
+        raise R18Error(f"cannot write the protocol directory {out} ({e.strerror}); pass --out with a directory "
+                       "you can write to") from None
+
+
 def run_protocol(a: argparse.Namespace) -> int:
     from ..train.run import default_store_path
 
@@ -36,13 +53,15 @@ def run_protocol(a: argparse.Namespace) -> int:
     factory = PROTOCOLS.get(a.name)
     executor_factory = EXECUTORS.get(getattr(a, "executor", "local"))
     out = Path(a.out) if a.out else Path("runs") / (f"{a.name}-{Path(a.config).stem}" + (f"-{a.scale}" if a.scale else ""))
-    protocol = factory(a.name, resolve_tree(a.config, a.overrides, a.scale), out)
+    tree = resolve_tree(a.config, a.overrides, a.scale)
+    protocol = factory(a.name, tree, out)
     store = str(a.store or default_store_path())
+    title = f"{a.name} protocol: {Path(a.config).stem}" + (f" ({a.scale})" if a.scale else "")
+    write_manifest(out, a, tree, title)
     tic = time.perf_counter()
     try:
         with executor_factory(a.workers, store, runner._run_one) as executor:
             ctx = runner.run(protocol, executor, store, log=lambda s: print(s, file=sys.stderr, flush=True))
-        title = f"{a.name} protocol: {Path(a.config).stem}" + (f" ({a.scale})" if a.scale else "")
         print(protocol.report(ctx, title))
     except (KeyboardInterrupt, Interrupted):
         raise Interrupted(f"interrupted; continue with: {continue_command(a)}") from None

@@ -1,4 +1,6 @@
-"""PNG figures of runs: learning curves, accuracy vs number of labels, per-layer series.
+"""PNG figures of runs: learning curves, accuracy vs number of labels (or by method at one budget), accuracy by
+group, per-layer series, confusion matrices. Wherever rows carry a std over seeds it is drawn as error bars;
+epoch axes have integer ticks.
 
 Figures are built on `matplotlib.figure.Figure` with the Agg canvas directly (no pyplot, so no
 global figure registry or backend switch) and written atomically (temp file + os.replace).
@@ -14,6 +16,7 @@ from typing import Any
 
 from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -58,7 +61,7 @@ def learning_curves_figure(metrics_rows: Sequence[Record], title: str | None = N
     """
     keys = _numeric_keys(metrics_rows, exclude={"epoch"})
     loss_keys = [k for k in keys if k.rsplit("/", 1)[-1].endswith("loss")]
-    acc_keys = [k for k in keys if k == "acc" or k.endswith("/acc")]
+    acc_keys = [k for k in keys if k == "acc" or k.endswith("/acc") or k.endswith("/balanced_acc")]
     lr_keys = [k for k in keys if k == "lr" or k.endswith("/lr")]
     if not loss_keys and not acc_keys:
         raise DataError(
@@ -72,7 +75,9 @@ def learning_curves_figure(metrics_rows: Sequence[Record], title: str | None = N
         for k in ks:
             xs, ys = series(metrics_rows, k)
             label = k if name == "loss" else (k.rsplit("/", 1)[0] if "/" in k else k)
-            ax.plot(xs, ys, marker="." if len(xs) <= 50 else None, label=label)
+            balanced = k.endswith("/balanced_acc")
+            ax.plot(xs, ys, marker="." if len(xs) <= 50 else None, label=label + " (balanced)" if balanced else label,
+                    linestyle="--" if balanced else "-")
         _style(ax, "epoch", name)
     if title:
         fig.suptitle(title)
@@ -97,34 +102,137 @@ def accuracy_vs_labels_figure(
     ylabel: str = "test accuracy (%)",
     logx: bool = False,
 ) -> Figure:
-    """Paper-style figure: x = number of labels, one line per method with markers and a shaded ±std band.
+    """Paper-style figure: x = number of labels, one line per method with markers and ±std error bars (std over
+    seeds; none where a single run gives no std).
 
-    `summary_rows` are `tables.summarize(rows, by=("labels", "method"))` rows (keys configurable).
+    `summary_rows` are `tables.summarize(rows, by=("labels", "method"))` rows (keys configurable). A single label
+    budget is drawn as categories — one point with error bars per method, the budget in the axis label — and
+    budgets that are not all numbers (e.g. `all`) as evenly spaced categories, never on a stretched numeric axis.
     """
-    methods: dict[Any, list[tuple[float, float, float]]] = {}
+    methods: dict[Any, list[tuple[Any, float, float]]] = {}
     for i, r in enumerate(summary_rows):
         for k in (x, method_key, mean):
             if k not in r:
                 raise DataError(f"summary row {i} has no {k!r}; summarize with by=({x!r}, {method_key!r})")
         s = r.get(std)
-        methods.setdefault(r[method_key], []).append(
-            (float(r[x]), float(r[mean]), float(s) if _is_finite(s) else 0.0)
-        )
+        methods.setdefault(r[method_key], []).append((r[x], float(r[mean]), float(s) if _is_finite(s) else 0.0))
     if not methods:
         raise DataError("no summary rows to plot; summarize some finished runs first")
+    budgets = list(dict.fromkeys(p[0] for pts in methods.values() for p in pts))
+    numeric = all(_is_finite(b) for b in budgets)
     fig = Figure(figsize=(6.0, 4.5), layout="constrained")
     ax = fig.subplots()
-    for j, (method, pts) in enumerate(methods.items()):
-        pts.sort()
-        xs, ms, ss = zip(*pts)
-        (line,) = ax.plot(xs, ms, marker=MARKERS[j % len(MARKERS)], markersize=5, linewidth=1.5, label=str(method))
-        ax.fill_between(xs, [m - s for m, s in zip(ms, ss)], [m + s for m, s in zip(ms, ss)],
-                        color=line.get_color(), alpha=0.2, linewidth=0)
-    if logx:
-        ax.set_xscale("log")
-    _style(ax, "number of labels", ylabel)
+    if len(budgets) == 1:
+        names = [str(m) for m in methods]
+        for j, (method, pts) in enumerate(methods.items()):
+            _, m, sd = pts[0]
+            ax.errorbar([j], [m], yerr=[sd], marker=MARKERS[j % len(MARKERS)], markersize=6, capsize=4,
+                        linestyle="none", color=f"C{j}", label=str(method))
+        ax.set_xticks(range(len(names)), names, rotation=30 if max(map(len, names)) > 10 else 0,
+                      ha="right" if max(map(len, names)) > 10 else "center")
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        _style(ax, f"method ({_axis_name(x)}: {budgets[0]})", ylabel)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()  # the categories already name the methods
+    else:
+        order = sorted(budgets, key=float) if numeric else budgets
+        pos = {b: (float(b) if numeric else i) for i, b in enumerate(order)}
+        for j, (method, pts) in enumerate(methods.items()):
+            pts.sort(key=lambda p: order.index(p[0]))
+            ax.errorbar([pos[p[0]] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                        marker=MARKERS[j % len(MARKERS)], markersize=5, linewidth=1.5, capsize=3, label=str(method))
+        if not numeric:
+            ax.set_xticks(range(len(order)), [str(b) for b in order])
+        elif logx:
+            ax.set_xscale("log")
+        _style(ax, _axis_name(x), ylabel)
     if title:
         ax.set_title(title)
+    return fig
+
+
+def _axis_name(key: str) -> str:
+    return "number of labels" if key == "labels" else key
+
+
+def plot_group_accuracy(rows: Sequence[Record], path: str | os.PathLike[str], title: str = "", **options: Any) -> Path:
+    """Write `group_accuracy_figure(rows, title, **options)` to `path` as PNG."""
+    return save_png(group_accuracy_figure(rows, title, **options), path)
+
+
+def group_accuracy_figure(
+    rows: Sequence[Record],
+    title: str = "",
+    *,
+    group: str = "group",
+    series: Sequence[tuple[str, str, str]] = (("acc", "acc_std", "accuracy"),
+                                              ("balanced_acc", "balanced_acc_std", "balanced accuracy")),
+    ylabel: str = "test accuracy (%)",
+) -> Figure:
+    """One category per row (`group`), each series (mean key, std key, label) a marker with ±std error bars
+    (std over seeds; none for a single run), side by side within the category."""
+    if not rows:
+        raise DataError("no rows to plot; finish some runs first")
+    names = [str(r.get(group, i)) for i, r in enumerate(rows)]
+    present = [s for s in series if any(_is_finite(r.get(s[0])) for r in rows)]
+    fig = Figure(figsize=(max(5.0, 0.6 * len(rows) + 2.0), 4.5), layout="constrained")
+    ax = fig.subplots()
+    width = 0.25
+    for j, (m, sd, label) in enumerate(present):
+        off = (j - (len(present) - 1) / 2) * width
+        pts = [(i + off, float(r[m]), float(r[sd]) if _is_finite(r.get(sd)) else 0.0)
+               for i, r in enumerate(rows) if _is_finite(r.get(m))]
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker=MARKERS[j],
+                    linestyle="none", capsize=3, label=label)
+    ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 4 else 0,
+                  ha="right" if len(names) > 4 else "center", fontsize="small")
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    _style(ax, group, ylabel)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_confusion(conf: Sequence[Sequence[int]], path: str | os.PathLike[str], classes: Sequence[str] | None = None,
+                   title: str = "") -> Path:
+    """Write `confusion_figure(conf, classes, title)` to `path` as PNG."""
+    return save_png(confusion_figure(conf, classes, title), path)
+
+
+def confusion_figure(conf: Sequence[Sequence[int]], classes: Sequence[str] | None = None, title: str = "") -> Figure:
+    """The confusion matrix, rows = true class, columns = predicted, each row as % of its class's test images
+    (so the diagonal is the per-class accuracy); counts written in the cells up to 20 classes, class names on the
+    axes up to 60."""
+    import numpy as np
+
+    from .confusion import class_names
+
+    m = np.asarray(conf, dtype=float)
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] == 0:
+        raise DataError(f"a confusion matrix must be square C×C counts, got shape {m.shape}")
+    c = m.shape[0]
+    names = class_names(classes, c)
+    support = m.sum(axis=1, keepdims=True)
+    pct = np.divide(100.0 * m, support, out=np.zeros_like(m), where=support > 0)
+    side = min(max(4.5, 0.28 * c + 2.5), 30.0)
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100, interpolation="nearest")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="% of the true class")
+    if c <= 20:
+        for i in range(c):
+            for j in range(c):
+                if m[i, j]:
+                    ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
+                            color="white" if pct[i, j] > 50 else "black")
+    if c <= 60:
+        ax.set_xticks(range(c), names, rotation=90, fontsize=7 if c > 20 else 8)
+        ax.set_yticks(range(c), names, fontsize=7 if c > 20 else 8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    diag = [pct[i, i] for i in range(c) if support[i, 0] > 0]
+    ax.set_title(title or f"confusion matrix ({c} classes; balanced accuracy "
+                          f"{sum(diag) / len(diag) if diag else float('nan'):.1f}%)")
     return fig
 
 
@@ -191,7 +299,9 @@ def _numeric_keys(records: Iterable[Record], exclude: set[str]) -> list[str]:
 
 
 def _style(ax: Axes, xlabel: str, ylabel: str, legend_cols: int = 1) -> None:
-    """Axis labels, light grid, legend."""
+    """Axis labels, light grid, legend; an epoch (or step) axis gets integer ticks."""
+    if xlabel in ("epoch", "step", "cycle"):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)

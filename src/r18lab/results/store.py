@@ -29,6 +29,7 @@ FINAL_STATUSES = ("done", "failed", "diverged")
 #: the message `finish(..., status="failed")` records for a run stopped by Ctrl-C
 INTERRUPTED_MESSAGE = "interrupted"
 
+SHORT_ID_LEN = 8
 BUSY_TIMEOUT_MS = 30_000
 RETRY_DEADLINE_S = 120.0
 
@@ -67,6 +68,11 @@ def config_hash(config: Mapping[str, Any]) -> str:
             f"config cannot be hashed ({exc}); use only str/int/float/bool/None/list/dict values"
         ) from None
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def short_id(run_id: str) -> str:
+    """The id `runs list` shows: 8 hex digits of sha256(run_id); any unique prefix of it names the run."""
+    return hashlib.sha256(run_id.encode("utf-8")).hexdigest()[:SHORT_ID_LEN]
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -251,6 +257,32 @@ class RunStore:
         if status == "interrupted":
             rows = [r for r in rows if r["status"] == "interrupted"][:limit]
         return rows
+
+    def find(self, query: str) -> dict[str, Any] | None:
+        """The run whose id is `query`, else the one whose short id (`short_id`) starts with it; None if none.
+
+        A prefix shared by several runs is a ConfigError naming some of them."""
+        row = self.get(query)
+        if row is not None or not query:
+            return row
+        q = query.lower()
+        hits = [r for r in self.list() if short_id(r["run_id"]).startswith(q)]
+        if len(hits) > 1:
+            shown = ", ".join(f"{short_id(r['run_id'])} ({r['run_id']})" for r in hits[:3])
+            more = ", …" if len(hits) > 3 else ""
+            raise ConfigError(f"run id prefix {query!r} matches {len(hits)} runs: {shown}{more}; "
+                              "give more characters of the id")
+        return hits[0] if hits else None
+
+    def find_folder(self, folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """The newest run trained into `folder` (its id or its recorded out_dir resolves to it), or None.
+
+        A relative out_dir is resolved against the current directory, as the command that wrote it most likely ran."""
+        target = Path(folder).resolve()
+        for r in self.list():
+            if r["run_id"] == str(target) or Path(r["out_dir"]).resolve() == target:
+                return r
+        return None
 
     def done(self, run_id: str) -> bool:
         """True if `run_id` finished with status 'done'."""

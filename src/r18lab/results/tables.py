@@ -45,6 +45,51 @@ def summarize(
     return out
 
 
+def summarize_per_class(
+    rows: Iterable[Row],
+    by: str | Sequence[str] = ("labels", "method"),
+    value: str = "per_class_acc",
+    classes: str = "classes",
+) -> list[dict[str, Any]]:
+    """One row per (`by` group, class): the group keys, class, n (runs with an accuracy for it), mean and std
+    (ddof=1) over the runs of the class's accuracy. Each input row holds a list `value` (per-class accuracy, None
+    for a class without test images) and optionally the class names `classes`; rows without `value` are skipped."""
+    keys = _keys(by)
+    groups: dict[tuple[Any, ...], dict[str, list[float]]] = {}
+    for i, row in enumerate(rows):
+        accs = row.get(value)
+        if not accs:
+            continue
+        names = row.get(classes) or [str(j) for j in range(len(accs))]
+        per = groups.setdefault(_group_of(row, keys, i), {})
+        for name, a in zip(names, accs):
+            lst = per.setdefault(str(name), [])
+            if a is not None:
+                lst.append(float(a))
+    out = []
+    for group, per in groups.items():
+        for name, values in per.items():
+            mean, std = mean_std(values) if values else (float("nan"), float("nan"))
+            out.append({**dict(zip(keys, group)), "class": name, "n": len(values), "mean": mean, "std": std})
+    return out
+
+
+def worst_classes(per_class: Sequence[Row], by: str | Sequence[str], k: int = 3) -> list[dict[str, Any]]:
+    """Per `by` group of `summarize_per_class` rows: the k classes of lowest mean accuracy ('name mean%'), and how
+    many classes are at 0 % in every run."""
+    keys = _keys(by)
+    groups: dict[tuple[Any, ...], list[Row]] = {}
+    for i, r in enumerate(per_class):
+        groups.setdefault(_group_of(r, keys, i), []).append(r)
+    out = []
+    for group, rs in groups.items():
+        scored = sorted((r for r in rs if r["n"]), key=lambda r: r["mean"])
+        out.append({**dict(zip(keys, group)), "classes": len(rs),
+                    "at 0 %": sum(1 for r in scored if r["mean"] == 0.0),
+                    f"worst {k}": ", ".join(f"{r['class']} {r['mean']:.1f}" for r in scored[:k])})
+    return out
+
+
 def compare(
     rows: Iterable[Row],
     baseline_method: str | None = None,

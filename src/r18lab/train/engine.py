@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -28,18 +28,47 @@ from .hooks import build_hook, overrides
 from .optim import build_optimizer, lr_factor, set_learning_rates
 
 
+def confusion_counts(y: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """C×C int64 counts of (true y, predicted) pairs on their device, rows true, columns predicted: onehot(y)ᵀ ·
+    onehot(pred) — a matmul of 0/1 values, exact and deterministic, with no host sync (a `bincount` reads its
+    maximum back on CUDA)."""
+    eye = torch.nn.functional.one_hot
+    return (eye(y.long(), num_classes).T.float() @ eye(pred.long(), num_classes).float()).long()
+
+
+@dataclass
+class Evaluation:
+    """One evaluation: `metrics` ({eval/<head>/acc, balanced_acc (%), loss}) and each head's confusion matrix
+    (C×C counts, rows true class, columns predicted)."""
+
+    metrics: dict[str, float]
+    confusion: dict[str, list[list[int]]]
+
+    def per_class(self, classes: list[str] | None = None) -> dict[str, Any]:
+        """{"classes": names, "heads": {head: balanced_acc, per_class_acc, support, confusion}} for summaries and
+        `eval --json`."""
+        from ..results.confusion import class_names, head_report
+        c = len(next(iter(self.confusion.values()))) if self.confusion else 0
+        return {"classes": class_names(classes, c), "heads": {h: head_report(m) for h, m in self.confusion.items()}}
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalizer: Normalizer,
-             batch_size: int = 512, channels_last: bool = False) -> dict[str, float]:
-    """Accuracy (%) and mean loss of every head over uint8 images on the model's device: argmax and CE, or for a
-    one-logit head, z > 0 and sigmoid BCE (`predicted_labels`, `summed_loss`). Heads with their own number of
-    classes (`Classifier.own_classes`, another label set than the data's) are left out."""
+def evaluate_detailed(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalizer: Normalizer,
+                      batch_size: int = 512, channels_last: bool = False,
+                      progress: Callable[[int, int], None] | None = None) -> Evaluation:
+    """Accuracy, balanced accuracy (%), mean loss and the confusion matrix of every head over uint8 images on the
+    model's device: argmax and CE, or for a one-logit head, z > 0 and sigmoid BCE (`predicted_labels`,
+    `summed_loss`; two classes). Counts and losses stay on the device and are read once, at the end.
+    Heads with their own number of classes (`Classifier.own_classes`, another label set) are left out.
+    `progress(done, total)` is called after each batch (images done so far; no host read)."""
+    from ..results.confusion import balanced_accuracy
     was_training = model.training
     model.eval()
     foreign = {h for h, c in getattr(model, "own_classes", {}).items() if c != model.num_classes}  # another label set
-    correct: dict[str, float] = {}
-    loss: dict[str, float] = {}
-    for i in range(0, len(labels), batch_size):
+    conf: dict[str, torch.Tensor] = {}
+    loss: dict[str, torch.Tensor] = {}
+    total = len(labels)
+    for i in range(0, total, batch_size):
         x = normalizer(images[i:i + batch_size])
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -47,26 +76,69 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norma
         for h, z in model(x).logits.items():
             if h in foreign or h.split(".")[0] in foreign:
                 continue
-            correct[h] = correct.get(h, 0.0) + (predicted_labels(z) == y).sum().item()
-            loss[h] = loss.get(h, 0.0) + summed_loss(z, y).item()
+            counts = confusion_counts(y, predicted_labels(z), max(z.shape[1], 2))
+            conf[h] = conf[h] + counts if h in conf else counts
+            loss[h] = loss[h] + summed_loss(z, y).double() if h in loss else summed_loss(z, y).double()
+        if progress is not None:
+            progress(min(i + batch_size, total), total)
     model.train(was_training)
-    n = max(len(labels), 1)
-    out = {}
-    for h in correct:
-        out[f"eval/{h}/acc"] = 100.0 * correct[h] / n
-        out[f"eval/{h}/loss"] = loss[h] / n
-    return out
+    heads = list(conf)
+    if not heads:
+        return Evaluation({}, {})
+    flat = torch.cat([torch.stack([loss[h] for h in heads])] + [conf[h].flatten().double() for h in heads])
+    values = flat.cpu().tolist()  # the one host read of the evaluation
+    n, metrics, matrices, at = max(total, 1), {}, {}, len(heads)
+    for j, h in enumerate(heads):
+        c = conf[h].shape[0]
+        m = [[int(v) for v in values[at + r * c: at + (r + 1) * c]] for r in range(c)]
+        at += c * c
+        matrices[h] = m
+        metrics[f"eval/{h}/acc"] = 100.0 * sum(m[k][k] for k in range(c)) / n
+        metrics[f"eval/{h}/balanced_acc"] = balanced_accuracy(m)
+        metrics[f"eval/{h}/loss"] = values[j] / n
+    return Evaluation(metrics, matrices)
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalizer: Normalizer,
+             batch_size: int = 512, channels_last: bool = False) -> dict[str, float]:
+    """{eval/<head>/acc, balanced_acc, loss} of every head (see `evaluate_detailed`, which adds the confusion
+    matrices)."""
+    return evaluate_detailed(model, images, labels, normalizer, batch_size, channels_last).metrics
+
+
+#: seconds between progress lines in line mode (CI logs): a long step or evaluation still says where it is
+PROGRESS_EVERY_S = 30.0
+#: an evaluation's images/s against training's before the first evaluation is timed: a forward pass alone is
+#: about a third of forward + backward (+ augmentation and optimizer step), so ≈ 3× the training throughput
+EVAL_SPEEDUP = 3.0
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(max(seconds, 0.0)))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 @dataclass
 class Progress:
-    """Progress on a terminal (bar with throughput and ETA) or plain lines (CI)."""
+    """Progress on a terminal (bar with throughput and ETA) or plain lines (CI: `lines`, or `auto` without a TTY).
+
+    In line mode a line is printed at the end of every epoch and, within a long epoch or evaluation, at least
+    every `every` seconds. The ETA counts the training steps left at the measured seconds per step plus the
+    evaluations left (`eval_epochs`: the 0-based epochs after which the run evaluates) at the measured seconds
+    of one, or before the first is timed, `eval_images` at EVAL_SPEEDUP × the training throughput. Time comes
+    from `clock` (time.perf_counter) only; nothing here reads the device."""
 
     mode: str
     total_steps: int
     label: str = ""
     bar: Any = None
-    started: float = field(default_factory=time.perf_counter)
+    epochs: int = 1
+    eval_epochs: list[int] = field(default_factory=list)
+    eval_images: int = 0
+    every: float = PROGRESS_EVERY_S
+    clock: Callable[[], float] = time.perf_counter
+    write: Callable[[str], None] | None = None
+    started: float = field(default=math.nan)
 
     def __post_init__(self) -> None:
         if self.mode == "auto":
@@ -74,28 +146,123 @@ class Progress:
         if self.mode == "bar":
             from tqdm import tqdm
             self.bar = tqdm(total=self.total_steps, unit="step", dynamic_ncols=True, leave=False)
+        if self.write is None:
+            self.write = self.bar.write if self.bar is not None else lambda s: print(s, file=sys.stderr, flush=True)
+        self.started = self.clock() if math.isnan(self.started) else self.started
+        self.last_line = self.started
+        self.start_step = self.done_steps = 0
+        self.epoch_index = 0
+        self.images_per_s = 0.0
+        self.eval_seconds: list[float] = []  # of each evaluation timed
+        self.eval_time = 0.0  # seconds spent evaluating (not training) since the start
+        self._eval_started: float | None = None
+        self._eval_progress = (0, 0)  # images done, of how many, in the evaluation running
+        self.pending_evals = sorted(self.eval_epochs)
 
-    def step(self, n: int, loss: torch.Tensor | float | None, images_per_s: float) -> None:
-        """Advance the bar; `loss` (read from the device) only every 50 steps, so the bar adds no per-step sync."""
+    def resume_at(self, step: int, epoch: int) -> None:
+        """A resumed run starts at `step` (of epoch `epoch`): the bar and the rates count from there."""
+        self.start_step = self.done_steps = step
+        self.epoch_index = epoch
+        self.pending_evals = [e for e in self.pending_evals if e >= epoch]
+        if self.bar is not None:
+            self.bar.update(step)
+
+    # -- estimates ------------------------------------------------------------------------------------
+    def eval_estimate(self) -> float:
+        """Seconds one evaluation takes: the mean of those timed, else from the test size and training speed."""
+        if self.eval_seconds:
+            return sum(self.eval_seconds) / len(self.eval_seconds)
+        return self.eval_images / (EVAL_SPEEDUP * self.images_per_s) if self.images_per_s > 0 else 0.0
+
+    def eta(self, now: float | None = None) -> float:
+        """Seconds left: training steps at the measured seconds per step, plus the evaluations left."""
+        now = self.clock() if now is None else now
+        running = 0.0 if self._eval_started is None else now - self._eval_started
+        steps = self.done_steps - self.start_step
+        train_s = max(now - self.started - self.eval_time - running, 0.0)
+        per_step = train_s / steps if steps > 0 else 0.0
+        left = max(self.total_steps - self.done_steps, 0) * per_step
+        pending = len(self.pending_evals)
+        if self._eval_started is not None and pending:  # the one running: at its own pace once it has begun
+            done, total = self._eval_progress
+            left += running * (total - done) / done if done else max(self.eval_estimate() - running, 0.0)
+            pending -= 1
+        return left + pending * self.eval_estimate()
+
+    def _due(self, now: float) -> bool:
+        return self.mode == "lines" and now - self.last_line >= self.every
+
+    def _say(self, text: str, now: float) -> None:
+        self.last_line = now
+        self.write(f"{self.label + ': ' if self.label else ''}{text}")
+
+    # -- training -------------------------------------------------------------------------------------
+    def step(self, n: int, loss: torch.Tensor | float | None, images_per_s: float, epoch: int | None = None) -> None:
+        """Advance by n steps. Bar: the loss (read from the device) only every 50 steps, so no per-step sync.
+        Lines: a line when `every` seconds have passed since the last one (a clock read, no device read)."""
+        self.done_steps += n
+        if epoch is not None:
+            self.epoch_index = epoch
+        if images_per_s > 0:
+            self.images_per_s = images_per_s
         if self.bar is not None:
             self.bar.update(n)
             if loss is not None and (self.bar.n % 50 == 0 or not torch.is_tensor(loss)):
                 self.bar.set_postfix(loss=f"{float(loss):.3f}", img_s=f"{images_per_s:.0f}")
+            return
+        now = self.clock()
+        if self._due(now):
+            pct = 100.0 * self.done_steps / max(self.total_steps, 1)
+            self._say(f"epoch {self.epoch_index + 1}/{self.epochs} step {self.done_steps}/{self.total_steps} "
+                      f"({pct:.0f}%) {self.images_per_s:.0f} img/s eta {_duration(self.eta(now))}", now)
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    def eval_start(self) -> None:
+        self._eval_started = self.clock()
+        self._eval_progress = (0, 0)
+
+    def eval_batch(self, done: int, total: int) -> None:
+        """After each evaluation batch: a line in line mode when `every` seconds have passed."""
+        now = self.clock()
+        self._eval_progress = (done, total)
+        if self._due(now):
+            self._say(f"evaluating {done}/{total} images ({100.0 * done / max(total, 1):.0f}%) "
+                      f"eta {_duration(self.eta(now))}", now)
+
+    def eval_end(self) -> None:
+        """The evaluation ended (its results were read back, so the time is real): time it, one fewer to come."""
+        if self._eval_started is None:
+            return
+        seconds = self.clock() - self._eval_started
+        self._eval_started = None
+        self.eval_seconds.append(seconds)
+        self.eval_time += seconds
+        if self.pending_evals:
+            self.pending_evals.pop(0)
 
     def epoch(self, epoch: int, epochs: int, record: dict[str, Any], done_steps: int, images_per_s: float) -> None:
         if self.mode == "none":
             return
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / max(done_steps, 1) * max(self.total_steps - done_steps, 0)
+        now = self.clock()
+        self.done_steps, self.epoch_index = done_steps, epoch + 1
+        self.pending_evals = [e for e in self.pending_evals if e > epoch]
+        if images_per_s > 0:
+            self.images_per_s = images_per_s
         accs = " ".join(f"{k.split('/')[1]} {v:.2f}%" for k, v in record.items()
                         if k.startswith("eval/") and k.endswith("/acc"))
-        line = (f"{self.label + ': ' if self.label else ''}epoch {epoch + 1}/{epochs} loss {record.get('train/loss', float('nan')):.4f} {accs} "
-                f"{images_per_s:.0f} img/s eta {eta:.0f}s")
-        (self.bar.write if self.bar is not None else lambda s: print(s, file=sys.stderr, flush=True))(line)
+        self._say(f"epoch {epoch + 1}/{epochs} loss {record.get('train/loss', float('nan')):.4f} {accs} "
+                  f"{images_per_s:.0f} img/s eta {_duration(self.eta(now))}", now)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def eval_epochs(epochs: int, eval_every: int, total_steps: int, steps_per_epoch: int) -> list[int]:
+    """The 0-based epochs after which the engine evaluates: every `eval_every`-th, the last, and the one where
+    `total_steps` (train.max_steps) ends training."""
+    last = min(epochs, -(-total_steps // max(steps_per_epoch, 1))) - 1
+    return [e for e in range(last + 1) if (e + 1) % eval_every == 0 or e + 1 == epochs or e == last]
 
 
 class Trainer:
@@ -166,12 +333,20 @@ class Trainer:
                                logit_names=list(getattr(self.model, "logit_names", self.model.head_names)),
                                aux_names=list(getattr(self.model, "aux_names", [])),
                                head_modules=dict(getattr(getattr(self.model, "peers", [self.model])[0], "heads", {})),
-                               head_classes=dict(getattr(self.model, "head_classes", {})))
+                               head_classes=dict(getattr(self.model, "head_classes", {})),
+                               extras={"class_counts": self.class_counts()})
         self.objectives = build_objectives(specs(self.cfg.objective, "objective"), ctx)
         self.hooks = [build_hook(n, p) for n, p in specs(self.cfg.hooks, "hook")]
         self._before_step = [h for h in self.hooks if overrides(h, "before_step")]
         self._after_step = [h for h in self.hooks if overrides(h, "after_step")]
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
+
+    def class_counts(self) -> list[int]:
+        """Training images per class (of the labelled pool), for objectives such as `ce` with class weights;
+        one host read, at set-up."""
+        labels = self.loader.labels
+        return torch.bincount(labels.long(), minlength=self.num_classes).tolist() if len(labels) else \
+            [0] * self.num_classes
 
     @property
     def preprocessing(self):
@@ -225,6 +400,7 @@ class Trainer:
         ckpt.atomic_write_text(self.out / "config.json", json.dumps(config_dict(self.cfg), indent=2))
         self.data: TrainingData = prepare_data(self.cfg, self.out, self.device)
         self._normalizer = self.preprocessing.normalizer().to(self.device)
+        self.loader.set_sampler(t.sampler)
         self._setup_model()
         start_epoch, step, elapsed = (ckpt.restore_training_state(self.ckpt_dir, self.model, self.optimizer,
                                                                    self.hooks, self.device)
@@ -237,8 +413,11 @@ class Trainer:
         self.metrics = MetricsWriter(metrics_path)
         total_steps = t.epochs * len(self.loader)
         total_steps = total_steps if t.max_steps is None else min(t.max_steps, total_steps)
-        progress = Progress(t.progress, total_steps, self.label)
-        progress.step(step, None, 0.0)  # a resumed run's bar starts where it stopped
+        progress = Progress(t.progress, total_steps, self.label, epochs=t.epochs,
+                            eval_epochs=eval_epochs(t.epochs, t.eval_every, total_steps, len(self.loader)),
+                            eval_images=len(self.y_test), every=PROGRESS_EVERY_S)
+        progress.resume_at(step, start_epoch)  # a resumed run's bar and rates start where it stopped
+        self._progress = progress
         self._first_bad = torch.zeros((), dtype=torch.long, device=self.device)  # first non-finite step, 0 = none
         self._last_good = start_epoch if resume and start_epoch else None
         if start_epoch == 0:
@@ -270,8 +449,17 @@ class Trainer:
         return self._finish(record, step, elapsed)
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.model, self.x_test, self.y_test, self.normalizer, self.cfg.train.eval_batch_size,
-                        self.cfg.train.channels_last)
+        """Evaluate on the test split (kept whole in `last_evaluation`, confusion matrices included); the flat
+        metrics, balanced accuracy included, go to metrics.jsonl."""
+        progress = getattr(self, "_progress", None)
+        if progress is not None:
+            progress.eval_start()
+        self.last_evaluation = evaluate_detailed(self.model, self.x_test, self.y_test, self.normalizer,
+                                                 self.cfg.train.eval_batch_size, self.cfg.train.channels_last,
+                                                 progress.eval_batch if progress is not None else None)
+        if progress is not None:
+            progress.eval_end()
+        return dict(self.last_evaluation.metrics)
 
     def _check_finite(self, epoch: int, record: dict[str, Any] | None = None) -> None:
         """One host read per logging point: the first non-finite loss step, non-finite weights, eval losses."""
@@ -317,8 +505,8 @@ class Trainer:
             sums["loss"] = sums.get("loss", 0.0) + loss.detach()
             for h in self._after_step:
                 h.after_step(self, step)
-            if progress.bar is not None:
-                progress.step(1, loss, seen / max(time.perf_counter() - tic, 1e-9))
+            if progress.mode != "none":  # a clock read (and every 50 steps, with a bar, the loss): no per-step sync
+                progress.step(1, loss, seen / max(time.perf_counter() - tic, 1e-9), epoch)
         seconds = time.perf_counter() - tic
         record = {"epoch": epoch + 1, "step": step, "lr": eta,
                   **{f"train/{k}": float(v) / max(n_batches, 1) for k, v in sums.items()},
@@ -358,10 +546,12 @@ class Trainer:
             self._check_finite(max(self._last_good or 1, 1) - 1, record)
         ckpt.save_model(self.model, self.out / "model.safetensors", self.spec, preprocessing=self.preprocessing,
                         identity=self.identity)
+        last = getattr(self, "last_evaluation", None)
         summary = {"status": "done", "identity": self.identity, "steps": step, "train_seconds": elapsed,
                    "num_train": self.num_train, "num_classes": self.num_classes, "device": str(self.device),
                    "params": sum(p.numel() for p in self.model.parameters()),
-                   "final": {k: v for k, v in record.items() if k.startswith("eval/")}}
+                   "final": {k: v for k, v in record.items() if k.startswith("eval/")},
+                   **({"per_class": last.per_class(list(self.data.classes))} if last is not None else {})}
         ckpt.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
         return summary
 
