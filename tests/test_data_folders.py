@@ -338,3 +338,17 @@ def test_cache_list_and_clear(tmp_path, cache, capsys):
     rc, err = one_line(capsys, ["data", "cache", "wipe"])
     assert rc == 2 and "list or clear" in err
     assert main(["data", "cache", "clear", "--yes"]) == 0 and entries(cache) == []
+
+
+def test_a_long_decode_prints_progress_lines(tmp_path, capsys):
+    """Issue 10 item 14: a decode that takes longer than 30 s says so, with a count and an ETA (a fake clock)."""
+    from r18lab.data import sources
+    ticks = iter(range(0, 10_000, 40))
+    progress = sources.DecodeProgress("my_images", 3, clock=lambda: next(ticks))
+    for _ in range(3):
+        progress.step()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("decoding my_images: 1 of 3 files in 40 s, eta 80 s")
+    quiet = sources.DecodeProgress("x", 3, clock=lambda: 0.0)
+    quiet.step()
+    assert capsys.readouterr().err == ""

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import inspect
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -130,15 +132,40 @@ def select_options(options: dict[str, Any]) -> SelectOptions:
     return SelectOptions(float(fraction), seed, tuple(exclude))
 
 
+class DecodeProgress:
+    """A line on stderr at least every `every` seconds of a long decode: files read, of how many, and an ETA."""
+
+    every = 30.0
+
+    def __init__(self, what: str, total: int, clock=time.perf_counter) -> None:
+        self.what, self.total, self.clock = what, total, clock
+        self.start = self.last = clock()
+        self.done = 0
+
+    def step(self) -> None:
+        self.done += 1
+        now = self.clock()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        elapsed = now - self.start
+        of = f" of {self.total}" if self.total else ""
+        eta = (f", eta {(self.total - self.done) * elapsed / self.done:.0f} s" if self.total > self.done else "")
+        print(f"decoding {self.what}: {self.done}{of} files in {elapsed:.0f} s{eta} (decoded once, then cached)",
+              file=sys.stderr, flush=True)
+
+
 def read_path(path: Path, found: Scan | None = None, **options: Any) -> Decoded:
     """Decode every split under a directory or inside a tar archive in one sequential pass; `found` is the
     path's Scan (read here when not given), options are DecodeOptions fields."""
     opts = DecodeOptions(**options)
     found = found or scan(path, opts.split_mode)
     collector = LAYOUTS.get(found.kind)(found, opts)
+    progress = DecodeProgress(str(path), found.images)
     for relpath, read in iter_members(path):
         if collector.claims(relpath):
             collector.add(relpath, read())
+            progress.step()
     splits = collector.result(str(path), opts.image_size)
     if not splits:
         raise DataError(f"no images or CIFAR batches in {path}; expected [top/]<split>/<class>/*.jpg|png, "
