@@ -280,11 +280,15 @@ def test_protocol_end_to_end_and_resumable(tmp_path, capsys):
     assert td["objective"][0]["teachers"][0]["checkpoint"] == str(teacher)
 
 
-@pytest.mark.parametrize("edit, message", [
-    ("related: [class4, class5]", "related: [class2, class5]", ),
+@pytest.mark.parametrize("edit, replacement, message", [
+    ("related: [class4, class5]", "related: [class2, class5]", "also a teacher's class"),
+    ("pools: {gen: 12,", "pools: {gen: 0,", "would hold no images"),
+    ("unrelated: [class0, class1]", "unrelated: [class0, zebra]", "'zebra' is not in synthetic"),
+    ("pools: {gen: 12, teach: 12, down: 12}", "pools: {gen: 40, teach: 12, down: 12}", "fewer than"),
 ])
-def test_protocol_bad_settings(tmp_path, edit, message, capsys):
+def test_protocol_bad_settings(tmp_path, edit, replacement, message, capsys):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE.replace(edit, message))
+    recipe.write_text(RECIPE.replace(edit, replacement))
     assert main(["protocol", "consolidate", str(recipe), "--out", str(tmp_path / "p")]) == 2
-    assert "also a teacher's class" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

@@ -92,6 +92,10 @@ def parse_settings(tree: dict) -> tuple[ConsolidateSettings, dict]:
     s = validate_settings(ConsolidateSettings, tree.pop("protocol", {}) or {})
     if set(s.pools) != {"gen", "teach", "down"}:
         raise ConfigError(f"protocol.pools needs exactly gen, teach and down (images per class), got {sorted(s.pools)}")
+    empty = [k for k, n in s.pools.items() if n < 1]
+    if empty:
+        raise ConfigError(f"protocol.pools.{empty[0]} is {s.pools[empty[0]]}: that pool (the proxy, for gen) would hold no "
+                          "images; give it at least 1 image per class")
     if not s.teachers:
         raise ConfigError("protocol.teachers needs at least one teacher, e.g. {t1: {classes: [cat, deer, frog]}}")
     taught = [c for t in s.teachers.values() for c in t.classes]
