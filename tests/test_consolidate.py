@@ -292,3 +292,28 @@ def test_protocol_bad_settings(tmp_path, edit, replacement, message, capsys):
     assert main(["protocol", "consolidate", str(recipe), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_init_from_a_torchvision_pth_records_imagenet_normalisation(tmp_path):
+    """A plain torchvision-layout .pth (no metadata) loads strictly into the backbone through weights_only, and the run
+    records ImageNet's mean/std with its weights (issue 9: pretrained backbones from a file)."""
+    src = create_model("resnet18", num_classes=7, width=0.0625)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "tv.pth")
+    out = tmp_path / "ft"
+    train(load_config(None, tiny("train.epochs=1", f"model.init_from={tmp_path / 'tv.pth'}")), out)
+    from r18lab.models.io import preprocessing_of
+    pre = preprocessing_of(out / "model.safetensors")
+    assert pre.mean == pytest.approx((0.485, 0.456, 0.406)) and pre.std == pytest.approx((0.229, 0.224, 0.225))
+    bad = create_model("resnet18", num_classes=7, width=0.125)
+    torch.save(bad.state_dict(), tmp_path / "wide.pth")
+    assert main(["train", *tiny(f"model.init_from={tmp_path / 'wide.pth'}"), "--out", str(tmp_path / "w")]) != 0
+    torch.save(5, tmp_path / "int.pth")
+    with pytest.raises(CheckpointError, match="no state dict"):
+        train(load_config(None, tiny(f"model.init_from={tmp_path / 'int.pth'}")), tmp_path / "e")
+    torch.save({"x": _Custom()}, tmp_path / "code.pth")  # an arbitrary object: refused by weights_only, never run
+    with pytest.raises(CheckpointError, match="not a plain PyTorch state dict"):
+        train(load_config(None, tiny(f"model.init_from={tmp_path / 'code.pth'}")), tmp_path / "c")
+
+
+class _Custom:
+    pass

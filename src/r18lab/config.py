@@ -102,7 +102,8 @@ class DataConfig(Strict):
 class InitFromConfig(Strict):
     """Start from another checkpoint: its whole backbone, and `heads` {this model's head: the checkpoint's head}
     copied (paper 001 §2: the student starts as the generalist). `preprocessing`: `checkpoint` feeds the run the
-    checkpoint's stored normalisation (what its weights expect; the default), `data` recomputes it from the data."""
+    checkpoint's stored normalisation (what its weights expect; ImageNet's mean/std for a plain torchvision/timm file
+    without one; the default), `data` recomputes it from the data. A `.pth` is read with weights_only=True."""
 
     checkpoint: str
     heads: dict[str, str] = {}

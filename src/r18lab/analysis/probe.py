@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, DataError, R18Error
+from ..models.io import IMAGENET_MEAN, IMAGENET_STD  # the normalisation of torchvision/timm ImageNet weights
 
 C_GRID: tuple[float, ...] = tuple(10.0 ** k for k in range(-3, 4))
 """Default C grid: 1e-3 … 1e3 in decades (spec 001 §2.3, assumed)."""
@@ -31,8 +32,6 @@ FOLDS = 5
 SVM = {"estimator": "sklearn.svm.LinearSVC", "multi_class": "ovr", "loss": "squared_hinge", "penalty": "l2",
        "dual": False, "max_iter": 1000, "tol": 1e-4, "fit_intercept": True, "intercept_scaling": 1.0}
 """The LinearSVC settings every probe uses (spec 001 §7.7: pinned in the output header)."""
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_CACHE_FORMAT = "r18lab.probe-features/1"
 
 

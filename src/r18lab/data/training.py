@@ -161,14 +161,19 @@ def run_preprocessing(normalize: str, source_train, classes) -> Preprocessing:
 
 
 def checkpoint_preprocessing(path: str, data_pre: Preprocessing) -> Preprocessing:
-    """The run's preprocessing with the normalisation stored in the weights it starts from (what they expect); the
-    data's own when the file stores none (plain torchvision weights: set data.normalize to match)."""
-    from ..models.io import preprocessing_of
+    """The run's preprocessing with the normalisation stored in the weights it starts from (what they expect); for a
+    file that stores none (plain torchvision/timm ImageNet weights, a .pth) ImageNet's mean/std, which those
+    weights were trained with."""
+    from ..models.io import IMAGENET_MEAN, IMAGENET_STD, preprocessing_of
     if not Path(path).is_file():
         raise ConfigError(f"model.init_from: {path} does not exist; give a weights file (model.safetensors)")
-    stored = preprocessing_of(Path(path))
+    stored = None if Path(path).suffix.lower() in (".pth", ".pt", ".bin") else preprocessing_of(Path(path))
     if stored is None:
-        return data_pre
+        if data_pre.input_size[0] != 3:
+            raise ConfigError(f"model.init_from: {path} carries no preprocessing and ImageNet's is for 3 channels, "
+                              f"but the data has {data_pre.input_size[0]}; set model.init_from.preprocessing=data")
+        return Preprocessing(IMAGENET_MEAN, IMAGENET_STD, data_pre.input_size, data_pre.channel_order,
+                             data_pre.classes)
     if tuple(stored.input_size) != tuple(data_pre.input_size):
         raise ConfigError(f"model.init_from: {path} was trained on {'×'.join(map(str, stored.input_size))} inputs but "
                           f"the data gives {'×'.join(map(str, data_pre.input_size))}; set data.image_size="

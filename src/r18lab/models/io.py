@@ -149,6 +149,35 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
                               "re-export it or point to another file") from None
 
 
+#: the normalisation torchvision's and timm's ImageNet-pretrained ResNets expect (their `transforms` / pretrained_cfg)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors (and metadata) of a weights file: safetensors, or a PyTorch `.pth`/`.pt` state dict read with
+    `torch.load(weights_only=True)` (tensors and plain containers only, no code). A `{"state_dict": ...}` or
+    `{"model": ...}` wrapper is unwrapped and a `module.` prefix (DataParallel) dropped."""
+    path = Path(path)
+    if path.suffix.lower() not in (".pth", ".pt", ".bin"):
+        return read_tensors(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; give the path of a weights file")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # the restricted unpickler refuses anything but tensors and containers
+        raise CheckpointError(f"{path} is not a plain PyTorch state dict ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:120]}); save it with torch.save(model.state_dict(), path) "
+                              "or convert it to safetensors") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no state dict of tensors; save one with torch.save(model.state_dict(), "
+                              "path)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}, {}
+
+
 def save_model(model: nn.Module, path: Path, model_spec: dict[str, Any] | None = None,
                state: dict[str, torch.Tensor] | None = None, preprocessing: Preprocessing | None = None,
                identity: str | None = None) -> None:
@@ -310,7 +339,7 @@ def teacher_identity(path: str | Path) -> str:
     if not path.is_file():
         from ..errors import ConfigError
         raise ConfigError(f"teacher weights {path} do not exist; give the path of a trained model.safetensors")
-    stored = read_metadata(path).get(IDENTITY_META_KEY)
+    stored = None if path.suffix.lower() in (".pth", ".pt", ".bin") else read_metadata(path).get(IDENTITY_META_KEY)
     if stored:
         return stored
     return "sha256:" + file_sha256(path)[:16]

@@ -1,8 +1,8 @@
 """Start a model from another checkpoint's weights (`model.init_from`): the whole backbone, and chosen heads copied
 into named heads (e.g. a generalist's `main` classifier into a consolidation student's `gen` head, paper 001 §2).
 
-Works on r18lab weights and on plain torchvision/timm-style state dicts saved as safetensors (torchvision names:
-conv1, bn1, layer1.0.conv1, ..., fc); only tensors are read, never pickle."""
+Works on r18lab weights and on plain torchvision/timm-style state dicts (torchvision names: conv1, bn1,
+layer1.0.conv1, ..., fc) as safetensors or as a `.pth` read with `torch.load(weights_only=True)` (tensors only)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from .io import read_tensors, state_mismatch
+from .io import read_state_dict, state_mismatch
 
 HEAD_PREFIXES = ("fc.", "heads.")
 
@@ -41,10 +41,9 @@ def init_from_checkpoint(model: nn.Module, checkpoint: str | Path, heads: Mappin
         raise ConfigError("model.init_from starts one model; with model.peers > 1 every peer would be identical — "
                           "drop init_from or set model.peers=1")
     try:
-        source, _ = read_tensors(path)
-    except Exception as e:  # not safetensors
-        raise CheckpointError(f"model.init_from: {path} is not a safetensors weights file ({type(e).__name__}); "
-                              "convert it with safetensors.torch.save_file(state_dict, path)") from None
+        source, _ = read_state_dict(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"model.init_from: {e}") from None
     own = model.state_dict()
     mine = [k for k in own if is_backbone_key(k)]
     detail = state_mismatch({k: own[k] for k in mine}, {k: v for k, v in source.items() if is_backbone_key(k)})
