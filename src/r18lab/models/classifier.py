@@ -15,8 +15,11 @@ from . import heads as _heads  # noqa: F401  (registers the heads)
 from . import gramian as _gramian  # noqa: F401  (registers ga, ca_token, multi_fc)
 from . import hint as _hint  # noqa: F401  (registers hint, FitNets' regressor: aux output only)
 from . import mobilenet_v2 as _mobilenet_v2  # noqa: F401  (registers the backbones)
+from . import efficientnet as _efficientnet  # noqa: F401
 from . import resnet as _resnet  # noqa: F401
 from . import wrn as _wrn  # noqa: F401
+from . import densenet as _densenet  # noqa: F401
+from . import vgg as _vgg  # noqa: F401
 from . import small as _small  # noqa: F401
 from . import transforms as _transforms  # noqa: F401  (registers the model transforms)
 from . import linearize as _linearize  # noqa: F401  (registers linearize, a transform of the whole model)
@@ -66,7 +69,8 @@ class Classifier(nn.Module):
         self.num_classes = num_classes
         self.gate = float(gate)
         self.transforms = list(transforms)  # the transforms applied to the backbone, as entries
-        self.fc = nn.Linear(backbone.num_features, num_classes) if with_main else None
+        self.fc = (nn.Linear(backbone.num_features, num_classes, bias=getattr(backbone, "fc_bias", True))
+                   if with_main else None)  # a backbone may drop the bias (the authors' CIFAR DenseNet-121 head)
         self.heads = nn.ModuleDict(extra_heads)
         for name, head in self.heads.items():
             for kind in ("sub_heads", "aux_outputs"):
