@@ -88,6 +88,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
         raise ConfigError(f"{a.data} names its classes {list(test.classes)[:4]}… but the model was trained on "
                           f"{list(pre.classes)[:4]}…; evaluate on data with the same classes in the same order")
     classes = list(pre.classes or test.classes)
+    if getattr(a, "corruptions", None):
+        return _eval_corruptions(a, model, pre, x, y, device)
+    if getattr(a, "compare", None):
+        raise ConfigError("--compare works with --corruptions; e.g. --corruptions all --compare OTHER.safetensors")
     if getattr(a, "heads", None) is None:
         ev = evaluate_detailed(model, x, y, pre.normalizer().to(device), a.batch_size)
         _print_evaluation(ev, classes, a)
@@ -143,6 +147,61 @@ def cmd_eval(a: argparse.Namespace) -> int:
         print(f"heads: {', '.join(keys)} (logits combined by {mode}"
               + (f"; drawn with seed {a.seed})" if "seed" in info else ")"))
     _print_evaluation(ev, classes, a, info)
+    return 0
+
+
+def _eval_corruptions(a: argparse.Namespace, model, pre, x, y, device) -> int:
+    """`eval --corruptions`: CIFAR-10-C accuracy table (paper 000 appendix C), optionally paired with --compare."""
+    from .analysis.robustness import (comparison_lines, dataset_key, evaluate_corruptions, paired_comparison,
+                                      plot_robustness, robustness_lines)
+    from .data.corruptions import FIDELITY, MISSING, resolve
+    from .models.io import load_checkpoint, require_preprocessing
+
+    names = resolve(a.corruptions)
+    try:
+        sev = sorted({int(v) for v in a.severities.split(",") if v.strip()})
+    except ValueError:
+        sev = []
+    if not sev or any(v not in (1, 2, 3, 4, 5) for v in sev):
+        raise ConfigError(f"--severities {a.severities!r}: give integers in 1–5, e.g. --severities 1,3,5")
+
+    def label(path: str) -> str:  # the run folder's name when both files are model.safetensors
+        p = Path(path)
+        return p.stem if not a.compare or Path(a.weights).stem != Path(a.compare).stem else p.resolve().parent.name
+
+    models = {label(a.weights): (model, pre.normalizer().to(device))}
+    if a.compare:
+        other = load_checkpoint(a.compare, device)
+        opre = require_preprocessing(other)
+        opre.check_images(x.shape, a.compare)
+        if other.model.num_classes != model.num_classes:
+            raise ConfigError(f"--compare {a.compare} has {other.model.num_classes} classes, {a.weights} has "
+                              f"{model.num_classes}; compare models of one label set")
+        name = label(a.compare)
+        models[name if name not in models else f"{name}(2)"] = (other.model, opre.normalizer().to(device))
+    table, correctness = evaluate_corruptions(models, x, y, names, sev, a.seed, dataset_key(a.data, x), a.batch_size)
+    table["fidelity"] = {n: FIDELITY[n] for n in names}
+    table["not_generated"] = {n: FIDELITY[n] for n in MISSING} if a.corruptions.strip() == "all" else {}
+    lines = robustness_lines(table)
+    if a.compare:
+        labels = list(models)
+        primary = [next(s for s in reversed(list(correctness)) if s == m or s.startswith(m + "/")) for m in labels]
+        cmp = paired_comparison(correctness[primary[0]], correctness[primary[1]], names, sev, seed=a.seed)
+        table["comparison"] = {"a": primary[0], "b": primary[1], **cmp}
+        lines += comparison_lines(cmp, *primary)
+    if a.plot:
+        table["plot"] = str(plot_robustness(table, a.plot))
+    if a.json:
+        _print_json(table)
+        return 0
+    print("\n".join(lines))
+    for n, why in table["not_generated"].items():
+        print(f"not generated: {n} ({why}); the means are over the other {len(names)}")
+    approx = [n for n in names if not FIDELITY[n].startswith("faithful")]
+    if approx:
+        print(f"approximate: {', '.join(approx)} (see r18lab.data.corruptions.FIDELITY)")
+    if a.plot:
+        print(f"plot: {table['plot']}")
     return 0
 
 
@@ -462,7 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--heads", help="evaluate only these sub-heads of one head, their logits combined as the head's "
                                    "combine option says (e.g. ga.0,ga.3), or one drawn at random: ga:random")
     e.add_argument("--seed", type=int, default=0, help="seed of the --heads HEAD:random draw (default 0)")
-    e.add_argument("--plot", metavar="PNG", help="write the (first) head's confusion matrix to this PNG")
+    e.add_argument("--plot", metavar="PNG", help="write the (first) head's confusion matrix to this PNG (with "
+                                                 "--corruptions: accuracy vs severity per corruption)")
+    e.add_argument("--corruptions", metavar="all|NAME,NAME", help="CIFAR-10-C corruptions generated on the fly "
+                   "(paper 000 appendix C): all (every one that can be generated) or a list; --seed seeds them")
+    e.add_argument("--severities", default="1,2,3,4,5", help="with --corruptions: severities (default 1,2,3,4,5)")
+    e.add_argument("--compare", metavar="CKPT2", help="with --corruptions: a second checkpoint on the same corrupted "
+                   "images; paired difference (last head of each) with a bootstrap 95%% CI")
 
     pd = sub.add_parser("predict", help="per-sample logits of every head, features (and stage maps) as .npz")
     pd.add_argument("weights", help="model.safetensors (its stored preprocessing is used)")
