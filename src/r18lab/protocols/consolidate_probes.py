@@ -74,31 +74,30 @@ def probe_all(proto, models: dict) -> dict[str, Any]:
 
 def _upstream(proto, rep, test, predict) -> dict[str, Any]:
     """Accuracy (%) on each teacher's classes' test images — the teacher's `main` head, a student's head named after
-    the teacher — and the `gen` head's accuracy on the generalist's coarse test labels (fidelity)."""
+    the teacher — and the `gen` head's accuracy on the generalist's coarse test labels (fidelity); one prediction
+    pass over the test split serves both."""
     from ..analysis.probe import select_classes
+    from ..data.tasks import group
     from ..models.io import load_checkpoint
     s = proto.settings
     loaded = load_checkpoint(rep.weights, "cpu")
     heads = list(getattr(loaded.model, "head_classes", {}))
-    per_teacher: dict[str, float] = {}
-    for t, ts in s.teachers.items():
-        head = "main" if rep.teacher == t else t if rep.role == "student" and t in heads else None
-        if head is None:
-            continue
-        rows, y = select_classes(test.labels, test.classes, ts.classes)
-        out = predict(loaded, test, indices=rows)
-        per_teacher[t] = float(100.0 * (out.logits[head].argmax(1) == y).mean())
-    fidelity = None
     coarse_head = "main" if rep.role == "generalist" else "gen" if rep.role == "student" and "gen" in heads else None
-    if coarse_head is not None:
-        groups = list(s.generalist_groups.values())
-        lookup = np.full(len(test.classes), -1, np.int64)
-        for i, members in enumerate(groups):
-            for c in members:
-                lookup[test.classes.index(c)] = i
-        rows = np.flatnonzero(lookup[test.labels] >= 0)
-        out = predict(loaded, test, indices=rows)
-        fidelity = float(100.0 * (out.logits[coarse_head].argmax(1) == lookup[test.labels[rows]]).mean())
+    wanted = {t: ("main" if rep.teacher == t else t if rep.role == "student" and t in heads else None)
+              for t in s.teachers}
+    if coarse_head is None and not any(wanted.values()):
+        return {"upstream": None, "upstream_per_teacher": {}, "fidelity": None}
+    logits = predict(loaded, test).logits
+    per_teacher: dict[str, float] = {}
+    for t, head in wanted.items():
+        if head is not None:
+            rows, y = select_classes(test.labels, test.classes, s.teachers[t].classes)
+            per_teacher[t] = float(100.0 * (logits[head][rows].argmax(1) == y).mean())
+    fidelity = None
+    if coarse_head is not None:  # the generalist's label map, as its training task applied it
+        coarse = group(test, test, s.generalist_groups)
+        rows = coarse.train_source if coarse.train_source is not None else np.arange(len(test))
+        fidelity = float(100.0 * (logits[coarse_head][rows].argmax(1) == coarse.train.labels).mean())
     up = float(np.mean(list(per_teacher.values()))) if per_teacher else None
     return {"upstream": up, "upstream_per_teacher": per_teacher, "fidelity": fidelity}
 
