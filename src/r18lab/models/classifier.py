@@ -20,6 +20,8 @@ from . import resnet as _resnet  # noqa: F401
 from . import wrn as _wrn  # noqa: F401
 from . import densenet as _densenet  # noqa: F401
 from . import vgg as _vgg  # noqa: F401
+from . import mixer as _mixer  # noqa: F401
+from . import vit as _vit  # noqa: F401
 from . import small as _small  # noqa: F401
 from . import transforms as _transforms  # noqa: F401  (registers the model transforms)
 from . import linearize as _linearize  # noqa: F401  (registers linearize, a transform of the whole model)
@@ -64,6 +66,8 @@ class Classifier(nn.Module):
         self.own_classes = dict(own_classes or {})
         for name, module in backbone.named_children():
             self.add_module(name, module)
+        for name, param in backbone.named_parameters(recurse=False):  # e.g. ViT's cls_token, pos_embed
+            self.register_parameter(name, param)
         object.__setattr__(self, "_backbone", backbone)  # shares the modules above; not a child
         self.num_features = backbone.num_features
         self.num_classes = num_classes

@@ -9,6 +9,8 @@ classifier; `stem=imagenet` keeps torchvision's biased classifier (7,978,856 par
 """
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -108,6 +110,19 @@ class DenseNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[0]
+
+    @staticmethod
+    def foreign_key(key: str) -> str:
+        """A torchvision DenseNet key → ours: `classifier.*` is our `fc.*`; the published files' old layer names
+        (`denselayer1.norm.1.weight`) become `denselayer1.norm1.weight`, as torchvision's own loader renames them."""
+        if key.startswith("classifier."):
+            return "fc." + key[len("classifier."):]
+        return OLD_LAYER_NAME.sub(r"\1\2", key)
+
+
+#: torchvision `densenet._load_state_dict`'s pattern for the pre-0.4 names of the published weights
+OLD_LAYER_NAME = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 @BACKBONES.register("densenet121")

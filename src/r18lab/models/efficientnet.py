@@ -152,6 +152,11 @@ class EfficientNetB3(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[0]
 
+    @staticmethod
+    def foreign_key(key: str) -> str:
+        """A torchvision EfficientNet key → ours: its `classifier.1` (after the dropout `classifier.0`) is our `fc`."""
+        return "fc." + key[len("classifier.1."):] if key.startswith("classifier.1.") else key
+
 
 @BACKBONES.register("efficientnet_b3")
 def efficientnet_b3(**kw) -> EfficientNetB3:

@@ -2,7 +2,9 @@
 into named heads (e.g. a generalist's `main` classifier into a consolidation student's `gen` head, paper 001 §2).
 
 Works on r18lab weights and on plain torchvision/timm-style state dicts (torchvision names: conv1, bn1,
-layer1.0.conv1, ..., fc) as safetensors or as a `.pth` read with `torch.load(weights_only=True)` (tensors only)."""
+layer1.0.conv1, ..., fc) as safetensors or as a `.pth` read with `torch.load(weights_only=True)` (tensors only).
+A backbone whose published files name some tensors differently declares `foreign_key(key) -> our key` (DenseNet's
+`classifier` and old `norm.1` names, VGG's `classifier.6`, EfficientNet's `classifier.1`, timm's `head`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,13 +46,20 @@ def init_from_checkpoint(model: nn.Module, checkpoint: str | Path, heads: Mappin
         source, _ = read_state_dict(path)
     except CheckpointError as e:
         raise CheckpointError(f"model.init_from: {e}") from None
+    rename = getattr(getattr(model, "_backbone", None), "foreign_key", None)
+    if rename is not None:
+        source = {rename(k): v for k, v in source.items()}
     own = model.state_dict()
     mine = [k for k in own if is_backbone_key(k)]
-    detail = state_mismatch({k: own[k] for k in mine}, {k: v for k, v in source.items() if is_backbone_key(k)})
+    # BatchNorm's step counter is absent from files saved before PyTorch 0.4 (torchvision's DenseNet weights) and
+    # affects nothing unless momentum is None: a missing one keeps its fresh value
+    counters = [k for k in mine if k.endswith(".num_batches_tracked")]
+    detail = state_mismatch({k: own[k] for k in mine}, {k: v for k, v in source.items() if is_backbone_key(k)},
+                            optional=counters)
     if detail:
         raise CheckpointError(f"model.init_from: the backbone of {path} does not fit this model ({detail}); use "
                               "the architecture it was trained with (model.name, width, stem, transforms)")
-    copied = {k: source[k] for k in mine}
+    copied = {k: source[k] for k in mine if k in source}
     available = sorted({("main" if k.startswith("fc.") else k.split(".")[1]) for k in source if not is_backbone_key(k)})
     for student_head, source_head in (heads or {}).items():
         dst, src = head_keys(own, student_head), head_keys(source, source_head)

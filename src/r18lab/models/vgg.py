@@ -94,6 +94,11 @@ class VGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[0]
 
+    @staticmethod
+    def foreign_key(key: str) -> str:
+        """A torchvision VGG key → ours: its last layer `classifier.6` is our `fc`."""
+        return "fc." + key[len("classifier.6."):] if key.startswith("classifier.6.") else key
+
 
 @BACKBONES.register("vgg11")
 def vgg11(**kw) -> VGG:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Iterator, Literal, Union
+from typing import Any, Iterator, Literal, Optional, Union
 
 from pydantic import Field, field_validator
 
@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..registry import PROTOCOLS
 from .base import Protocol, RunContext, validate_settings
 from .methods import METHODS
+from .robustness_columns import RobustnessSettings
 from .spec import RunSpec
 
 __all__ = ["LowData", "LowDataSettings", "RunSpec", "load_protocol", "plan"]
@@ -28,6 +29,9 @@ class LowDataSettings(Strict):
     seeds: list[int] = [0, 1, 2, 3, 4]
     methods: list[str] = ["resnet18", "fr-resnet18"]
     method_defs: dict[str, dict[str, Any]] = {}
+    #: corruption-robustness columns (paper 000, appendix C): each finished run's eval head on CIFAR-10-C
+    #: corruptions × severities generated on a seeded test subset; null = none
+    robustness: Optional[RobustnessSettings] = None
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -165,6 +169,10 @@ class LowData(Protocol):
     def report(self, ctx: RunContext, title: str) -> str:
         from .report import collect_rows, write_report
 
+        if self.settings.robustness is not None:
+            from .robustness_columns import evaluate_runs
+            evaluate_runs([s for s in self.specs if s.tags["method"] in self.settings.methods],
+                          self.settings.robustness)
         return write_report(collect_rows(self.specs, self.settings), self.out, title)
 
 

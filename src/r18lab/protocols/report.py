@@ -11,6 +11,7 @@ from ..results.plots import plot_accuracy_vs_labels
 from ..results.tables import compare, summarize, summarize_per_class, to_csv, to_markdown, worst_classes
 from ..train.checkpoint import atomic_write_text
 from .lowdata import LowDataSettings
+from .robustness_columns import columns, read_result
 from .spec import RunSpec, read_summary
 
 #: columns of results.csv (the per-class lists go to per_class.csv)
@@ -35,9 +36,11 @@ def collect_rows(specs: list[RunSpec], settings: LowDataSettings) -> list[dict[s
         final, head = summary["final"], spec.eval_head
         per = summary.get("per_class") or {}
         rep = (per.get("heads") or {}).get(head) or {}
-        rows.append({**spec.tags, "acc": final[f"eval/{head}/acc"],
-                     "balanced_acc": final.get(f"eval/{head}/balanced_acc"), "seconds": summary["train_seconds"],
-                     "per_class_acc": rep.get("per_class_acc"), "classes": per.get("classes")})
+        row = {**spec.tags, "acc": final[f"eval/{head}/acc"],
+               "balanced_acc": final.get(f"eval/{head}/balanced_acc"), "seconds": summary["train_seconds"],
+               "per_class_acc": rep.get("per_class_acc"), "classes": per.get("classes")}
+        robust = read_result(spec, settings.robustness) if settings.robustness is not None else None
+        rows.append({**row, **(columns(robust) if robust else {})})
     order = {m: i for i, m in enumerate(settings.methods)}
     return sorted(rows, key=lambda r: (_order(r["labels"]), order[r["method"]], r["seed"]))
 
@@ -49,8 +52,10 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str) -> str:
         return "no finished runs yet"
     summary = summarize(rows, by=("labels", "method"), value="acc")
     tests = compare(rows, None, "seed", group=("labels",), value="acc")
-    columns = [k for k in rows[0] if k not in ("per_class_acc", "classes", *RESULT_COLUMNS_LAST)]
-    tables = [to_csv(rows, out_dir / "results.csv", [*columns, *RESULT_COLUMNS_LAST]),
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    keys = [k for k in names if k not in ("per_class_acc", "classes", *RESULT_COLUMNS_LAST) and not k.startswith("c_")]
+    robust = [k for k in names if k.startswith("c_")]
+    tables = [to_csv(rows, out_dir / "results.csv", [*keys, *RESULT_COLUMNS_LAST, *robust]),
               to_csv(summary, out_dir / "summary.csv"), to_csv(tests, out_dir / "tests.csv")]
     plot = plot_accuracy_vs_labels(summary, out_dir / "accuracy_vs_labels.png", title)
     md = [f"## {title}", "", "### Test accuracy (%), mean ± std over seeds", "",
@@ -71,10 +76,36 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str) -> str:
         md += [f"### Each method against {tests[0]['baseline']} (paired over seeds; Welch as a second column)", "",
                to_markdown(tests, ["labels", "method", "n_pairs", "diff", "ci_low", "ci_high", "p_paired", "p_welch"],
                            {"p_paired": ".4f", "p_welch": ".4f"}), ""]
+    if robust:
+        md += robustness_section(rows, robust, out_dir, tables)
     md += [f"tables: {', '.join(p.name for p in tables)}, summary.md (in {out_dir})", f"plot: {plot}"]
     text = "\n".join(md)
     atomic_write_text(out_dir / "summary.md", text + "\n")
     return text
+
+
+def robustness_section(rows: list[dict[str, Any]], robust: list[str], out_dir: Path, tables: list) -> list[str]:
+    """Markdown and robustness.csv: per (labels, method), mean ± std over seeds of the clean subset, each
+    severity's mean over corruptions and the overall corrupted mean; paired tests of the corrupted mean."""
+    with_c = [r for r in rows if "c_mean" in r]
+    wide: dict[tuple, dict[str, Any]] = {}
+    for col in robust:
+        for s in summarize([r for r in with_c if col in r], by=("labels", "method"), value=col):
+            entry = wide.setdefault((s["labels"], s["method"]), {"labels": s["labels"], "method": s["method"],
+                                                                  "n": s["n"]})
+            entry[col[2:]] = s["mean ± std"]
+    table = list(wide.values())
+    tables.append(to_csv(table, out_dir / "robustness.csv"))
+    order = ["labels", "method", "n", "clean", *[c[2:] for c in robust if c.startswith("c_s")], "mean"]
+    md = ["### Corruption robustness (CIFAR-10-C, eval head; accuracy %, mean ± std over seeds)", "",
+          "clean = the uncorrupted test subset; s1…s5 = mean over corruptions at that severity; mean = over every "
+          "corrupted cell", "", to_markdown(table, [c for c in order if any(c in t for t in table)]), ""]
+    tests = compare(with_c, None, "seed", group=("labels",), value="c_mean")
+    if tests:
+        md += [f"### Corrupted mean: each method against {tests[0]['baseline']} (paired over seeds)", "",
+               to_markdown(tests, ["labels", "method", "n_pairs", "diff", "ci_low", "ci_high", "p_paired", "p_welch"],
+                           {"p_paired": ".4f", "p_welch": ".4f"}), ""]
+    return md
 
 
 def report_directory(root: Path, manifest: Any) -> str:
