@@ -29,6 +29,17 @@ class RobustnessSettings(Strict):
     #: seeds the subset and the corruptions' noise
     seed: int = 0
 
+    @field_validator("corruptions")
+    @classmethod
+    def _known(cls, v: Any) -> Any:
+        from ..data.corruptions import resolve
+        from ..errors import ConfigError
+        try:
+            resolve("all" if v == "all" else ",".join(v))
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return v
+
     @field_validator("severities")
     @classmethod
     def _severities(cls, v: list[int]) -> list[int]:
@@ -47,7 +58,7 @@ class RobustnessSettings(Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def test_subset(n_test: int, settings: RobustnessSettings) -> "list[int] | None":
+def evaluated_subset(n_test: int, settings: RobustnessSettings) -> "list[int] | None":
     """Indices of the test images evaluated: a permutation seeded by `settings.seed`, first `test_images`, sorted;
     None = all."""
     import numpy as np
@@ -94,7 +105,7 @@ def evaluate_runs(specs: list[RunSpec], settings: RobustnessSettings, log: Calla
     if task.test_points is not None:  # a task that fixes its test points
         index = torch.as_tensor(task.test_points, device=x.device)
         x, y = x[index], y[index]
-    rows = test_subset(len(y), settings)
+    rows = evaluated_subset(len(y), settings)
     if rows is not None:
         index = torch.tensor(rows, device=x.device)
         x, y = x[index], y[index]
