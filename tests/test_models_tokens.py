@@ -186,3 +186,18 @@ def test_caltech101_counts_of_appendix_table_2(capsys):
     plain = _info(capsys, "resnet18", "num_classes=101", "stem=imagenet")
     fr = _info(capsys, "resnet18", "num_classes=101", "stem=imagenet", "heads=[main,fr]")
     assert plain["params"] == 11_228_325 and fr["params"] - plain["params"] == 289_893
+
+
+@pytest.mark.parametrize("method", ["resnet34", "fr-resnet34", "densenet121", "fr-densenet121", "efficientnet_b3",
+                                    "fr-efficientnet_b3", "vgg11", "fr-vgg11", "mlp_mixer", "vit"])
+def test_every_backbone_is_a_protocol_method(method):
+    from r18lab.config import _deep_merge, build_config, config_dict
+    from r18lab.protocols.methods import METHODS
+    cfg = config_dict(build_config(_deep_merge({"model": {"width": 0.0625}}, METHODS[method])))
+    assert cfg["model"]["name"] == method.removeprefix("fr-")
+    assert ("fr" in cfg["model"]["heads"]) == method.startswith("fr-")
+    model = r18lab.create_model(cfg["model"]["name"], num_classes=10, width=0.0625, heads=cfg["model"]["heads"],
+                                **cfg["model"]["options"])
+    assert model(torch.randn(2, 3, 32, 32)).logits["main"].shape == (2, 10)
+    if method in ("mlp_mixer", "vit"):
+        assert cfg["optim"]["name"] == "adamw" and cfg["schedule"]["warmup_epochs"] == 5

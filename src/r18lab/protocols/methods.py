@@ -31,4 +31,16 @@ METHODS: dict[str, dict[str, Any]] = {
     **{f"fr-depth{k}": {"model": {"heads": ["main", "fr"], "options": {"fr_depth": k}}} for k in range(2, 6)},
     "fr-nogate": {"model": {"heads": ["main", "fr"], "gate": 1.0}},
     "fr-head": {**FR, "eval_head": "fr"},
+    # Other backbones, with and without the Feature Refiner (paper 000, Figure 8, appendix B): `fr-efficientnet_b3`
+    # uses FR width 50, the authors' default when `-fs` is not given (appendix Table 2's +82,660); `fr-vgg11` puts
+    # the FR in place of VGG's own fully-connected classifier (appendix B).
+    **{name: {"model": {"name": name}} for name in ("resnet34", "densenet121", "efficientnet_b3", "vgg11")},
+    "fr-resnet34": {"model": {"name": "resnet34", "heads": ["main", "fr"]}},
+    "fr-densenet121": {"model": {"name": "densenet121", "heads": ["main", "fr"]}},
+    "fr-efficientnet_b3": {"model": {"name": "efficientnet_b3", "heads": ["main", "fr"], "options": {"fr_dim": 50}}},
+    "fr-vgg11": {"model": {"name": "vgg11", "heads": ["main", "fr"], "options": {"classifier": False}}},
+    # Non-convolutional baselines trained from scratch (paper 000, Figure 4). Their optimiser is ours (appendix A.3
+    # is lost): AdamW, lr 1e-3, weight decay 0.05, 5 warm-up epochs, then the recipe's schedule.
+    **{name: {"model": {"name": name}, "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
+              "schedule": {"warmup_epochs": 5}} for name in ("mlp_mixer", "vit")},
 }
