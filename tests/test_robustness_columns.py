@@ -40,6 +40,7 @@ def test_columns_tables_and_reuse(tmp_path, capsys):
     assert {"c_clean", "c_mean", "c_s1", "c_s5"} <= set(header)
     rows = (out / "robustness.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("labels,method,n")
+    assert (out / "robustness.png").stat().st_size > 0
     # a rerun trains nothing and evaluates nothing: the stored results are reused as they are
     stamps = {f: f.stat().st_mtime_ns for f in files}
     assert main(["protocol", "lowdata", _recipe(tmp_path), "--out", str(out), "train.threads=1"]) == 0

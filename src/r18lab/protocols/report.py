@@ -89,13 +89,22 @@ def robustness_section(rows: list[dict[str, Any]], robust: list[str], out_dir: P
     severity's mean over corruptions and the overall corrupted mean; paired tests of the corrupted mean."""
     with_c = [r for r in rows if "c_mean" in r]
     wide: dict[tuple, dict[str, Any]] = {}
+    points = []  # accuracy vs severity (0 = clean), Figure 13's left panel
+    budgets = {r["labels"] for r in with_c}
     for col in robust:
         for s in summarize([r for r in with_c if col in r], by=("labels", "method"), value=col):
             entry = wide.setdefault((s["labels"], s["method"]), {"labels": s["labels"], "method": s["method"],
                                                                   "n": s["n"]})
             entry[col[2:]] = s["mean ± std"]
+            if col == "c_clean" or col[2:3] == "s":
+                points.append({"severity": 0 if col == "c_clean" else int(col[3:]), "mean": s["mean"],
+                               "std": s["std"], "method": s["method"] if len(budgets) == 1
+                               else f"{s['method']} ({s['labels']})"})
     table = list(wide.values())
     tables.append(to_csv(table, out_dir / "robustness.csv"))
+    plot = plot_accuracy_vs_labels(sorted(points, key=lambda p: p["severity"]), out_dir / "robustness.png",
+                                   "accuracy vs corruption severity (0 = clean)", x="severity",
+                                   ylabel="test accuracy (%), mean over corruptions")
     order = ["labels", "method", "n", "clean", *[c[2:] for c in robust if c.startswith("c_s")], "mean"]
     md = ["### Corruption robustness (CIFAR-10-C, eval head; accuracy %, mean ± std over seeds)", "",
           "clean = the uncorrupted test subset; s1…s5 = mean over corruptions at that severity; mean = over every "
@@ -105,7 +114,7 @@ def robustness_section(rows: list[dict[str, Any]], robust: list[str], out_dir: P
         md += [f"### Corrupted mean: each method against {tests[0]['baseline']} (paired over seeds)", "",
                to_markdown(tests, ["labels", "method", "n_pairs", "diff", "ci_low", "ci_high", "p_paired", "p_welch"],
                            {"p_paired": ".4f", "p_welch": ".4f"}), ""]
-    return md
+    return md + [f"plot: {plot}", ""]
 
 
 def report_directory(root: Path, manifest: Any) -> str:
