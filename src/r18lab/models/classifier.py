@@ -14,6 +14,7 @@ from ..registry import BACKBONES, HEADS, TRANSFORMS
 from . import heads as _heads  # noqa: F401  (registers the heads)
 from . import gramian as _gramian  # noqa: F401  (registers ga, ca_token, multi_fc)
 from . import hint as _hint  # noqa: F401  (registers hint, FitNets' regressor: aux output only)
+from . import llal as _llal  # noqa: F401  (registers llal, LLAL's loss-prediction module: aux output only)
 from . import mobilenet_v2 as _mobilenet_v2  # noqa: F401  (registers the backbones)
 from . import efficientnet as _efficientnet  # noqa: F401
 from . import resnet as _resnet  # noqa: F401
