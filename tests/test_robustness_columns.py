@@ -46,10 +46,11 @@ def test_columns_tables_and_reuse(tmp_path, capsys):
     assert main(["protocol", "lowdata", _recipe(tmp_path), "--out", str(out), "train.threads=1"]) == 0
     assert {f: f.stat().st_mtime_ns for f in files} == stamps
     assert "robustness: " not in capsys.readouterr().out
-    # other settings are another result, next to the first
-    assert main(["protocol", "lowdata", _recipe(tmp_path, ROBUST.replace("[1, 5]", "[3]")), "--out", str(out),
-                 "train.threads=1"]) == 0
-    assert len(list(out.rglob("robustness-*.json"))) == 8
+    # other settings are another result, next to the first; `methods` limits who is evaluated
+    other = ROBUST.replace("[1, 5]", "[3]").replace("test_images: 40}", "test_images: 40, methods: [fr-resnet18]}")
+    assert main(["protocol", "lowdata", _recipe(tmp_path, other), "--out", str(out), "train.threads=1"]) == 0
+    new = set(out.rglob("robustness-*.json")) - set(files)
+    assert len(new) == 2 and all("fr-resnet18" in str(f) for f in new)
 
 
 def test_the_subset_is_seeded_sorted_and_the_same_for_every_run():
@@ -73,6 +74,7 @@ def test_the_settings_key_changes_with_what_changes_the_numbers():
     ("  robustness: {corruptions: [snowstorm]}", "unknown corruption 'snowstorm'"),
     ("  robustness: {severities: [0, 6]}", "severities must be distinct integers in 1–5"),
     ("  robustness: {corruptions: [frost]}", "corruption frost cannot be generated"),
+    ("  robustness: {methods: [kd]}", "names 'kd', which is not in protocol.methods"),
 ])
 def test_bad_settings_are_one_line_errors_before_any_run(tmp_path, capsys, robustness, message):
     out = tmp_path / "p"

@@ -55,6 +55,11 @@ def parse_settings(tree: dict, kind: type[LowDataSettings] = LowDataSettings) ->
     if (ALL in settings.labels and settings.labels[-1] != ALL) or any(n < 1 for n in numbers):
         raise ConfigError(f"protocol.labels must be positive label counts, with all (the full training set) last, "
                           f"got {settings.labels}")
+    unknown = [m for m in (settings.robustness.methods or []) if m not in settings.methods] \
+        if settings.robustness is not None else []
+    if unknown:
+        raise ConfigError(f"protocol.robustness.methods names {unknown[0]!r}, which is not in protocol.methods "
+                          f"{settings.methods}")
     build_config(tree)  # validate the base config early, naming any bad key
     return settings, tree
 
@@ -171,8 +176,9 @@ class LowData(Protocol):
 
         if self.settings.robustness is not None:
             from .robustness_columns import evaluate_runs
-            evaluate_runs([s for s in self.specs if s.tags["method"] in self.settings.methods],
-                          self.settings.robustness)
+            chosen = self.settings.robustness.methods or self.settings.methods
+            evaluate_runs([s for s in self.specs if s.tags["method"] in self.settings.methods
+                           and s.tags["method"] in chosen], self.settings.robustness)
         return write_report(collect_rows(self.specs, self.settings), self.out, title)
 
 

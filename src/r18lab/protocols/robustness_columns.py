@@ -28,6 +28,8 @@ class RobustnessSettings(Strict):
     test_images: Optional[int] = Field(2000, ge=1)
     #: seeds the subset and the corruptions' noise
     seed: int = 0
+    #: the methods evaluated (each run is 1 + corruptions × severities test passes); null = every method
+    methods: Optional[list[str]] = None
 
     @field_validator("corruptions")
     @classmethod
