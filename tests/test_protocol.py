@@ -61,7 +61,7 @@ def test_every_method_plans_a_valid_run_config(tmp_path):
         assert s.out_dir == tmp_path / "n40" / owner / f"seed3-{s.identity[:8]}"  # folders keyed by identity
         assert s.tags == {"method": s.tags["method"], "labels": 40, "seed": 3}
         model = build_from_spec(model_spec(cfg, 4))  # the architecture exists and has the planned heads
-        logits = model(torch.zeros(2, 3, 8, 8)).logits
+        logits = model(torch.zeros(2, 3, 32, 32)).logits
         assert s.eval_head in logits and all(v.shape == (2, 4) for v in logits.values())
         for o in cfg.objective:
             assert OBJECTIVES.get(o if isinstance(o, str) else o["name"])

@@ -39,6 +39,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "fr-densenet121": {"model": {"name": "densenet121", "heads": ["main", "fr"]}},
     "fr-efficientnet_b3": {"model": {"name": "efficientnet_b3", "heads": ["main", "fr"], "options": {"fr_dim": 50}}},
     "fr-vgg11": {"model": {"name": "vgg11", "heads": ["main", "fr"], "options": {"classifier": False}}},
+    # Learning Loss for Active Learning (Yoo & Kweon 2019): the loss-prediction head on the four stage maps, trained
+    # with the ranking loss (λ = 1) beside CE; its stage inputs detached after 60 % of training (epoch 120 of 200).
+    "llal": {"model": {"heads": ["main", "llal"]}, "objective": ["ce", "llal"], "hooks": ["llal_detach"]},
     # Non-convolutional baselines trained from scratch (paper 000, Figure 4). Their optimiser is ours (appendix A.3
     # is lost): AdamW, lr 1e-3, weight decay 0.05, 5 warm-up epochs, then the recipe's schedule.
     **{name: {"model": {"name": name}, "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},

@@ -1,5 +1,7 @@
 """Runs a protocol's waves through an executor: skips runs whose folder holds them finished (by run identity),
-resumes interrupted ones, never touches a folder holding another run, and stops promptly on Ctrl-C."""
+resumes interrupted ones, never touches a folder holding another run, and stops promptly on Ctrl-C.
+Workers never open the SQLite store: each leaves a result record (result.json) in its run folder, and this
+driver, the store's one writer, merges each record as its run's result arrives."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,11 +14,13 @@ from .spec import RunSpec, folder_state, read_summary  # noqa: F401  (read_summa
 
 
 def _run_one(spec: RunSpec, store_path: str, threads: int) -> tuple[str, dict[str, Any] | None, str]:
-    """Train one spec in this process: resume this run's unfinished files, refuse a folder of another run."""
+    """Train one spec in this process: resume this run's unfinished files, refuse a folder of another run.
+    The run is recorded in its folder's result.json; `store_path` is not opened here (the driver writes it)."""
     import torch
 
     from ..config import build_config
-    from ..train.run import execute, open_store
+    from ..results.records import RecordSink
+    from ..train.run import execute
 
     torch.set_num_threads(threads)
     state = folder_state(spec)
@@ -29,10 +33,10 @@ def _run_one(spec: RunSpec, store_path: str, threads: int) -> tuple[str, dict[st
     try:
         summary = execute(build_config(spec.config), spec.out_dir, resume=state == "partial" and has_config,
                           overwrite=state == "partial" and not has_config, run_id=spec.run_id,
-                          store=open_store(store_path), protocol=spec.run_id.split("/")[0], tags=spec.tags)
+                          store=RecordSink(spec.identity), protocol=spec.run_id.split("/")[0], tags=spec.tags)
     except R18Error as e:
         return spec.run_id, None, str(e)
-    except Exception as e:  # one broken run must not end the others; the store already says failed
+    except Exception as e:  # one broken run must not end the others; its record already says failed
         return spec.run_id, None, f"{type(e).__name__}: {e}"
     return spec.run_id, summary, ""
 
@@ -66,15 +70,37 @@ class Plan(Protocol):
         yield from dependency_waves(self.specs)
 
 
-def _adopt(spec: RunSpec, store) -> None:
+def _adopt(spec: RunSpec, store, log: Callable[[str], Any] = print) -> None:
     """A finished folder the store does not list as done (another store, or killed between the two writes)."""
-    if store.done(spec.run_id):
-        return
-    summary = read_summary(spec) or {}
-    store.start(spec.run_id, config=spec.config, out_dir=spec.out_dir, protocol=spec.run_id.split("/")[0],
-                tags=spec.tags)
-    store.finish(spec.run_id, {**summary.get("final", {}), "train_seconds": summary.get("train_seconds"),
-                               "steps": summary.get("steps"), "identity": spec.identity})
+    if not store.done(spec.run_id):
+        _merge_record(spec, store, read_summary(spec) or {"status": "done"}, log)
+
+
+def _merge_record(spec: RunSpec, store, summary: dict[str, Any] | None, log: Callable[[str], Any]) -> None:
+    """Merge the run's result record into the store. A finished folder whose record is missing or stale (an
+    older r18lab, or killed between summary.json and result.json) gets one written from its summary first."""
+    from ..config import build_config, config_dict
+    from ..results import records
+
+    path = spec.out_dir / records.RECORD_FILE
+    rec = None
+    if path.is_file():
+        try:
+            rec = records.read_record(path)
+        except R18Error as e:  # the run's files are fine; `r18lab runs collect` reports it again
+            log(f"{spec.run_id}: result record not merged: {e}")
+            return
+        rec = rec if rec.run_id == spec.run_id else None  # another run's folder: not this run's record
+    if (summary or {}).get("status") == "done" and (rec is None or rec.status != "done"):
+        rec = records.summary_record(spec.run_id, spec.identity, summary or {},
+                                     config=config_dict(build_config(spec.config)), out_dir=spec.out_dir,
+                                     protocol=spec.run_id.split("/")[0], tags=spec.tags)
+        try:
+            records.write_record(rec, path)
+        except R18Error as e:  # a read-only folder: the store still learns the run
+            log(f"{spec.run_id}: {e}")
+    if rec is not None:
+        records.collect(store, [rec])
 
 
 def run(protocol: Protocol, executor: Executor, store_path: str | Path,
@@ -102,7 +128,7 @@ def _run_wave(wave: list[RunSpec], ctx: RunContext, executor: Executor, store, l
     todo = []
     for s in wave:
         if folder_state(s) == "done":
-            _adopt(s, store)
+            _adopt(s, store, log)
             ctx.done.add(s.run_id)
         else:
             todo.append(s)
@@ -116,9 +142,12 @@ def _run_wave(wave: list[RunSpec], ctx: RunContext, executor: Executor, store, l
             log(f"{s.run_id} skipped: its teacher {failed[0]} failed")
         else:
             ready.append(s)
+    by_id = {s.run_id: s for s in ready}
     for i, res in enumerate(executor.run(ready) if ready else ()):
         log(f"[{i + 1}/{len(ready)}] {res.run_id} {'failed: ' + res.error if res.error else 'done'} "
             f"({res.seconds:.0f} s)")
+        if res.run_id in by_id:  # this process is the store's one writer: merge the worker's record now
+            _merge_record(by_id[res.run_id], store, res.summary, log)
         if res.error:
             ctx.failures[res.run_id] = res.error
         else:

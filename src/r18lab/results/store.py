@@ -214,6 +214,64 @@ class RunStore:
         if self._retry(op) == 0:
             raise DataError(f"run {run_id!r} is not in {self.path}; call start() before finish()")
 
+    def merge(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        decide: Callable[[dict[str, Any] | None, Mapping[str, Any]], str],
+    ) -> list[str]:
+        """Write whole rows in one transaction (all or none), each only where `decide` allows it.
+
+        A row has the keys `get` returns (run_id, config, protocol, tags, out_dir, status, started_at,
+        finished_at, metrics, message, host, pid). For each row in order, `decide(current, row)` sees the row
+        stored now (None if none; its status as written, not the derived `interrupted`) and answers "new" or
+        "updated" (the row is written) or anything else (left as is); the answers are returned. A new row's
+        created_at is its started_at; an updated one keeps its own.
+        """
+        prepared = []
+        for row in rows:
+            if row["status"] not in ("running", *FINAL_STATUSES):
+                raise ConfigError(f"run {row['run_id']!r} has status {row['status']!r}; use one of "
+                                  f"running, {', '.join(FINAL_STATUSES)}")
+            started, finished = float(row["started_at"]), row.get("finished_at")
+            try:
+                metrics_json = None if row.get("metrics") is None else dumps(dict(row["metrics"]))
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"metrics of run {row['run_id']!r} are not JSON-serialisable ({exc}); "
+                                "pass plain numbers") from None
+            prepared.append((row, (
+                row["run_id"], config_hash(row["config"]), canonical(row["config"]), row.get("protocol"),
+                _tags_json(row.get("tags")), os.fspath(row["out_dir"]), row["status"], started, started,
+                finished, None if finished is None else float(finished) - started, metrics_json,
+                row.get("message") or "", row.get("host"), row.get("pid"))))
+
+        def op() -> list[str]:
+            outcomes = []
+            with self._write() as conn:
+                for row, values in prepared:
+                    cur = conn.execute("SELECT * FROM runs WHERE run_id = ?", (row["run_id"],)).fetchone()
+                    outcome = decide(None if cur is None else _decode(cur, effective=False), row)
+                    outcomes.append(outcome)
+                    if outcome in ("new", "updated"):
+                        conn.execute(
+                            """
+                            INSERT INTO runs (run_id, config_hash, config_json, protocol, tags_json, out_dir, status,
+                                              created_at, started_at, finished_at, wall_seconds, metrics_json,
+                                              message, host, pid)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                            ON CONFLICT(run_id) DO UPDATE SET
+                                config_hash = excluded.config_hash, config_json = excluded.config_json,
+                                protocol = excluded.protocol, tags_json = excluded.tags_json,
+                                out_dir = excluded.out_dir, status = excluded.status,
+                                started_at = excluded.started_at, finished_at = excluded.finished_at,
+                                wall_seconds = excluded.wall_seconds, metrics_json = excluded.metrics_json,
+                                message = excluded.message, host = excluded.host, pid = excluded.pid
+                            """,
+                            values,
+                        )
+            return outcomes
+
+        return self._retry(op)
+
     # -- reads ---------------------------------------------------------------------------
 
     def get(self, run_id: str) -> dict[str, Any] | None:
@@ -323,14 +381,16 @@ def _tags_json(tags: Sequence[str] | Mapping[str, Any] | None) -> str:
     raise ConfigError(f"tags must be a list of strings or a dict, got {tags!r}")
 
 
-def _decode(row: sqlite3.Row) -> dict[str, Any]:
-    """Row -> dict; *_json columns become `config`, `tags`, `metrics` (metrics None while running)."""
+def _decode(row: sqlite3.Row, effective: bool = True) -> dict[str, Any]:
+    """Row -> dict; *_json columns become `config`, `tags`, `metrics` (metrics None while running);
+    `effective`: a killed or Ctrl-C'd run's status reads `interrupted` (see _effective_status)."""
     out = dict(row)
     out["config"] = json.loads(out.pop("config_json"))
     out["tags"] = json.loads(out.pop("tags_json"))
     metrics_json = out.pop("metrics_json")
     out["metrics"] = None if metrics_json is None else json.loads(metrics_json)
-    out["status"] = _effective_status(out)
+    if effective:
+        out["status"] = _effective_status(out)
     return out
 
 

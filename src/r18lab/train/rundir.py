@@ -14,7 +14,8 @@ from ..errors import ConfigError, R18Error
 
 #: files a run writes into its folder (removed by an explicit overwrite, nothing else is touched)
 RUN_FILES = ("config.json", "splits.json", "metrics.jsonl", "summary.json", "model.safetensors",
-             "masks.safetensors")  # the last: written by the prune hook
+             "masks.safetensors",  # written by the prune hook
+             "result.json")  # a protocol run's result record (results.records)
 CHECKPOINT_DIR = "checkpoint"
 LOCK_FILE = ".lock"
 
