@@ -6,8 +6,10 @@ from . import pai  # noqa: F401
 from . import linearized  # noqa: F401
 from . import similarity  # noqa: F401
 from . import consolidate  # noqa: F401
+from . import active  # noqa: F401
 from .base import Protocol, RunContext, RunResult
 from .executors import EXECUTORS, Executor
+from . import executor_ray, executor_slurm  # noqa: F401  (register ray, slurm; neither imports its engine yet)
 from .spec import RunSpec
 
 __all__ = ["EXECUTORS", "PROTOCOLS", "Executor", "Protocol", "RunContext", "RunResult", "RunSpec"]

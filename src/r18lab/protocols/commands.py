@@ -11,7 +11,7 @@ from ..config import resolve_tree
 from ..errors import ConfigError, Interrupted, R18Error
 from ..registry import PROTOCOLS
 from . import runner
-from .executors import EXECUTORS
+from .executors import EXECUTORS, executor_choice
 
 
 def continue_command(a: argparse.Namespace) -> str:
@@ -22,7 +22,8 @@ def continue_command(a: argparse.Namespace) -> str:
         return shlex.join(["r18lab", *argv[1:]])
     parts = ["r18lab", "protocol", a.name, a.config, *a.overrides]
     for flag, value, default in (("--scale", a.scale, None), ("--out", a.out, None), ("--workers", a.workers, 1),
-                                 ("--executor", getattr(a, "executor", "local"), "local"), ("--store", a.store, None)):
+                                 ("--executor", getattr(a, "executor", None), None), ("--store", a.store, None),
+                                 ("--gpus-per-run", getattr(a, "gpus_per_run", None), None)):
         if value != default:
             parts += [flag, str(value)]
     return shlex.join(parts)
@@ -51,16 +52,20 @@ def run_protocol(a: argparse.Namespace) -> int:
     if isinstance(a.workers, bool) or not isinstance(a.workers, int) or a.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {a.workers}")
     factory = PROTOCOLS.get(a.name)
-    executor_factory = EXECUTORS.get(getattr(a, "executor", "local"))
     out = Path(a.out) if a.out else Path("runs") / (f"{a.name}-{Path(a.config).stem}" + (f"-{a.scale}" if a.scale else ""))
     tree = resolve_tree(a.config, a.overrides, a.scale)
+    # where the runs execute is no part of them: the recipe key `executor:` leaves the tree here
+    executor_name, executor_options = executor_choice(getattr(a, "executor", None), tree.pop("executor", None),
+                                                      getattr(a, "gpus_per_run", None))
+    executor_factory = EXECUTORS.get(executor_name)
     protocol = factory(a.name, tree, out)
     store = str(a.store or default_store_path())
     title = f"{a.name} protocol: {Path(a.config).stem}" + (f" ({a.scale})" if a.scale else "")
-    write_manifest(out, a, tree, title)
+    executor = executor_factory(a.workers, store, runner._run_one, executor_options, out)  # bad options: no files yet
     tic = time.perf_counter()
     try:
-        with executor_factory(a.workers, store, runner._run_one) as executor:
+        with executor:
+            write_manifest(out, a, tree, title)
             ctx = runner.run(protocol, executor, store, log=lambda s: print(s, file=sys.stderr, flush=True))
         print(protocol.report(ctx, title))
     except (KeyboardInterrupt, Interrupted):
