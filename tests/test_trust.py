@@ -151,7 +151,8 @@ def test_identity_ignores_execution_only_keys_and_defaults():
     assert run_identity(base) == run_identity(same)
     assert run_identity(base) != run_identity(load_config(None, tiny("optim.lr=0.01")))
     assert run_identity(base) != run_identity(load_config(None, tiny("seed=1")))
-    assert set(EXECUTION_ONLY) == {"train.progress", "train.threads", "train.device", "train.eval_batch_size"}
+    assert set(EXECUTION_ONLY) == {"train.progress", "train.threads", "train.device", "train.eval_batch_size",
+                                   "train.compile", "track"}
     assert result_config(load_config(None, [])) == {}  # only values that differ from the defaults
 
 

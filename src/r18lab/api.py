@@ -88,7 +88,10 @@ def train(config: ConfigLike, out: str | os.PathLike, *, overrides: Overrides = 
     for name, flag in (("resume", resume), ("overwrite", overwrite)):
         if not isinstance(flag, bool):
             raise ConfigError(f"{name} must be True or False, got {flag!r}")
+    from .train.distributed import world_from_env
     from .train.run import execute, open_store
+    if store and not world_from_env().is_main:  # under torchrun only rank 0 writes the store
+        store = None
     if store is True:
         run_store = open_store()
     elif store is None or store is False:

@@ -34,9 +34,24 @@ def cmd_train(a: argparse.Namespace) -> int:
         a.overrides, a.config = [a.config, *a.overrides], None  # no file: only key=value overrides
     cfg = load_config(a.config, a.overrides, a.scale)
     out = Path(a.out) if a.out else Path("runs") / (Path(a.config).stem if a.config else "default")
+    from .train import distributed
     from .train.rundir import inspect
+    if a.nproc:  # checked here, then torchrun starts the ranks: a bad world size is one line before any process
+        from .train.environment import pick_device
+        distributed.check(cfg.train, distributed.World(0, a.nproc), pick_device(cfg.train.device))
+        argv = [*([a.config] if a.config else []), *a.overrides, "--out", str(out), *(["--resume"] if a.resume else []),
+                *(["--overwrite"] if a.overwrite else []), *(["--scale", a.scale] if a.scale else []),
+                *(["--store", a.store] if a.store else [])]
+        return distributed.launch(a.nproc, ["--debug"] * a.debug + ["train", *argv])
+    world = distributed.world_from_env()  # under torchrun: one rank of a DDP run; only rank 0 writes and prints
     finished = a.resume and not a.overwrite and inspect(out).status == "done"
-    summary = execute(cfg, out, resume=a.resume, overwrite=a.overwrite, store=open_store(a.store))
+    try:
+        summary = execute(cfg, out, resume=a.resume, overwrite=a.overwrite,
+                          store=open_store(a.store) if world.is_main else None)
+    finally:
+        distributed.shutdown()
+    if not world.is_main:
+        return 0
     if finished:
         print(f"{out} holds this run finished; nothing trained")
     _print_result_table(summary)
@@ -330,6 +345,17 @@ def _data_keys(source: str, items: list[str]):
 def cmd_runs(a: argparse.Namespace) -> int:
     from . import runs
     from .train.run import open_store
+    if a.action == "collect":  # result records (result.json) under the folders → the store, idempotently
+        from .results import records
+        if not a.run_id:
+            raise ConfigError("`runs collect` needs folders: the protocol directory (its --out) or run folders")
+        recs = records.read_records(records.find_records(a.run_id))  # all checked before the store is touched
+        store = open_store(a.store)
+        print(records.counts_line(records.collect(store, recs), len(recs), store.path))
+        return 0
+    if len(a.run_id) > 1:
+        raise ConfigError(f"`runs {a.action}` takes one run id, got {len(a.run_id)}: {' '.join(a.run_id)}")
+    a.run_id = a.run_id[0] if a.run_id else None
     store = open_store(a.store)
     if a.action == "list":
         if a.run_id:
@@ -498,7 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train one configuration")
+    t = sub.add_parser("train", help="train one configuration",
+                       description="Train one configuration. Across N processes (DDP, train.batch_size = the global "
+                                   "batch): torchrun --nproc_per_node=N -m r18lab train ...")
     t.add_argument("config", nargs="?", help="YAML config (default: the embedded default, digits)")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 model.heads=[main,fr]")
     t.add_argument("--out", help="run directory (default runs/<config name>)")
@@ -506,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     t.add_argument("--scale", help="apply the config's named scale (tiny, small, paper)")
     t.add_argument("--store", help="results store (default $R18LAB_STORE or runs/index.sqlite)")
+    t.add_argument("--nproc", type=_positive_int, help="train across N local processes (DDP; as `torchrun "
+                   "--standalone --nproc_per_node=N -m r18lab train ...`); train.batch_size is the global batch")
 
     e = sub.add_parser("eval", help="evaluate saved weights on a dataset")
     e.add_argument("weights")
@@ -565,12 +595,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--all", action="store_true", help="cache clear: also other caches kept there (probe features)")
     d.add_argument("--json", action="store_true", help="cache list: print JSON")
 
-    r = sub.add_parser("runs", help="list or show runs in the results store",
+    r = sub.add_parser("runs", help="list or show runs in the results store, or collect result records into it",
                        description="list: status, short id, dataset, model, heads and main-head accuracy of every "
                                    "run, newest first. show ID: one run by its id, a unique prefix of its short id, "
-                                   "or its run folder (the --out of train; read from the folder if the store lacks it)")
-    r.add_argument("action", choices=["list", "show"])
-    r.add_argument("run_id", nargs="?", help="show: a run id, a short-id prefix, or a run folder")
+                                   "or its run folder (the --out of train; read from the folder if the store lacks it). "
+                                   "collect DIR...: merge the result.json records under the folders into the store "
+                                   "(idempotent; a record of another format merges nothing, exit 2)")
+    r.add_argument("action", choices=["list", "show", "collect"])
+    r.add_argument("run_id", nargs="*", help="show: a run id, a short-id prefix, or a run folder; collect: folders")
     r.add_argument("--status", help="list: only runs with this status (running, done, failed, diverged, interrupted)")
     r.add_argument("--protocol", help="list: only runs of this protocol")
     r.add_argument("--limit", type=_positive_int, help="list: at most N runs (the newest)")
@@ -705,8 +737,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("overrides", nargs="*")
     pr.add_argument("--scale")
     pr.add_argument("--out", help="protocol directory (default runs/<name>-<config>[-<scale>])")
-    pr.add_argument("--workers", type=int, default=1, help="runs at once (local: 1 = in this process)")
-    pr.add_argument("--executor", default="local", choices=EXECUTORS.names(), help="where the runs execute")
+    pr.add_argument("--workers", type=int, default=1, help="runs at once (local: 1 = in this process; ray: tasks in "
+                                                          "flight; slurm: the job array's concurrency cap)")
+    pr.add_argument("--executor", choices=EXECUTORS.names(), help="where the runs execute (default: the recipe key "
+                                                                  "executor, else local); options: executor.KEY=VALUE")
+    pr.add_argument("--gpus-per-run", type=float, help="GPUs per run: 0.25 packs four runs on each GPU (local: by "
+                                                       "CUDA_VISIBLE_DEVICES round-robin; ray: num_gpus); slurm: whole GPUs")
     pr.add_argument("--store")
 
     rp = sub.add_parser("report", help="plots and tables of a run directory or a protocol directory",

@@ -174,6 +174,10 @@ class TrainConfig(Strict):
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (smoke tests)")
     progress: Literal["auto", "bar", "lines", "none"] = "auto"  # lines (auto without a TTY): a line at least every 30 s
     sampler: Literal["uniform", "balanced"] = "uniform"  # balanced: each draw a class with equal probability, then an image of it
+    compile: bool = False  # torch.compile the training forward pass (first steps slower while it compiles)
+    #: DDP (torchrun) only: SyncBatchNorm, batch-norm statistics over the global batch instead of each rank's slice
+    #: (CUDA only); off, the statistics are per rank
+    sync_bn: bool = False
 
 
 class RunConfig(Strict):
@@ -186,6 +190,9 @@ class RunConfig(Strict):
     objective: list[Union[str, dict[str, Any]]] = ["ce"]
     hooks: list[Union[str, dict[str, Any]]] = []
     teacher: str | None = None  # legacy: moved into every objective entry that takes a teacher (see below)
+    #: tracker mirrors of metrics and config (the store stays the source of truth): tensorboard (the run folder's tensorboard/),
+    #: mlflow (MLFLOW_TRACKING_URI); each needs its extra, e.g. pip install 'r18lab[mlflow]'
+    track: list[str] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -204,6 +211,16 @@ class RunConfig(Strict):
             entries.append(e)
         tree["objective"] = entries
         return tree
+
+    @field_validator("track")
+    @classmethod
+    def _trackers(cls, v: list[str]) -> list[str]:
+        from .train.trackers import TRACKERS
+        bad = [n for n in v if n not in TRACKERS]
+        if bad or len(set(v)) != len(v):
+            raise ValueError(f"{'unknown tracker ' + repr(bad[0]) if bad else 'a tracker named twice'}; "
+                             f"choose from: {', '.join(TRACKERS.names())}")
+        return v
 
     @field_validator("objective")
     @classmethod
@@ -343,7 +360,8 @@ def config_dict(cfg: RunConfig) -> dict:
 
 # -- run identity -----------------------------------------------------------------------------------------
 #: Keys that change how a run executes but not its result; they are left out of the run identity.
-EXECUTION_ONLY = ("train.progress", "train.threads", "train.device", "train.eval_batch_size")
+EXECUTION_ONLY = ("train.progress", "train.threads", "train.device", "train.eval_batch_size", "train.compile",
+                  "track")
 
 #: Bump when a code change makes the same configuration give a different result; runs stored under an
 #: older schema then no longer count as done. Adding a config key whose default keeps the old behaviour

@@ -50,6 +50,9 @@ class BatchLoader:
     replacement, each of a class picked with equal probability then an example of it uniformly (so rare classes
     repeat and common ones are subsampled), from the same seeded generator.
     Without an augment the batch is x/255 in float32 (no normalisation) and views is ignored.
+    `set_shard(rank, world)` (DDP): every rank draws the same order and yields its contiguous slice of each global
+    batch; the whole global batch is augmented (same draws as one process) and then sliced, so the slices of all
+    ranks together are exactly one process's batch.
     """
 
     def __init__(
@@ -77,7 +80,14 @@ class BatchLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.augment, self.views = seed, augment, views
         self.epoch, self.start = 0, 0
+        self.rank, self.world = 0, 1
         self.set_sampler(sampler)
+
+    def set_shard(self, rank: int, world: int) -> None:
+        """Yield only rank `rank`'s contiguous slice (of `world`) of every global batch of `batch_size`."""
+        if world < 1 or not 0 <= rank < world:
+            raise DataError(f"shard rank must be in 0..world-1 with world >= 1, got rank {rank} of {world}")
+        self.rank, self.world = rank, world
 
     def set_sampler(self, sampler: str) -> None:
         """`uniform` (a permutation per epoch) or `balanced` (each draw: a class with equal probability, then
@@ -91,10 +101,15 @@ class BatchLoader:
 
     def __len__(self) -> int:
         """Batches per epoch. A last batch of a single image is left out (batch norm cannot train on one image;
-        the order is reshuffled every epoch, so a different image sits out each time)."""
+        the order is reshuffled every epoch, so a different image sits out each time); sharded over `world` ranks,
+        so is one of fewer than `world` images (a rank would get none)."""
         n = len(self.images)
-        lone = n > self.batch_size and n % self.batch_size == 1
-        return n // self.batch_size if self.drop_last or lone else -(-n // self.batch_size)
+        short = n > self.batch_size and n % self.batch_size < max(2, self.world)  # sharded: a slice for each rank
+        return n // self.batch_size if self.drop_last or short else -(-n // self.batch_size)
+
+    def global_batch_size(self, b: int) -> int:
+        """Images in global batch b (all ranks together); the last one may be smaller."""
+        return min(self.batch_size, len(self.images) - b * self.batch_size)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select epoch `epoch`; iterations begin at its batch `start` (to resume mid-epoch) until set again."""
@@ -116,8 +131,12 @@ class BatchLoader:
         order = self.order()
         for b in range(self.start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            x = self.images[idx]
+            lo, hi = len(idx) * self.rank // self.world, len(idx) * (self.rank + 1) // self.world
             if self.augment is None:
-                yield x.float().div_(255), self.labels[idx]
-            else:
-                yield self.augment(x, seeded_generator(self.seed, self.epoch, b), views=self.views), self.labels[idx]
+                idx = idx[lo:hi]
+                yield self.images[idx].float().div_(255), self.labels[idx]
+                continue
+            x = self.augment(self.images[idx], seeded_generator(self.seed, self.epoch, b), views=self.views)
+            if self.world > 1:
+                x = [v[lo:hi] for v in x] if isinstance(x, list) else x[lo:hi]
+            yield x, self.labels[idx[lo:hi]]

@@ -194,8 +194,9 @@ def test_points(task: Task, size: int | None, labels: np.ndarray, seed: int) -> 
     return np.sort(nested_pools(labels, [size], seed=seed + 999)[0])
 
 
-def prepare(cfg, out_dir: Path, device: torch.device) -> TrainingData:
-    """Load the train/test splits of `cfg.data`, choose the pool (saved to out_dir/splits.json), build the loader."""
+def prepare(cfg, out_dir: Path, device: torch.device, write: bool = True) -> TrainingData:
+    """Load the train/test splits of `cfg.data`, choose the pool (saved to out_dir/splits.json unless `write` is
+    false: DDP ranks other than 0), build the loader."""
     d, t = cfg.data, cfg.train
     if d.channels != "auto":
         check_init_channels(cfg, int(d.channels))  # before the data is decoded
@@ -228,8 +229,9 @@ def prepare(cfg, out_dir: Path, device: torch.device) -> TrainingData:
     if test_idx is not None:
         test = test.subset(test_idx)
     source_idx = idx if task.train_source is None else task.train_source[idx]  # rows of the source's split
-    save_split(out_dir / "splits.json", {"train": source_idx,
-                                         **({"test": test_idx} if test_idx is not None else {})})
+    if write:
+        save_split(out_dir / "splits.json", {"train": source_idx,
+                                             **({"test": test_idx} if test_idx is not None else {})})
     pre = run_preprocessing(d.normalize, source_train, train.classes)
     init = cfg.model.init_from
     if init is not None and init.preprocessing == "checkpoint":

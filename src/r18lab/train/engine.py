@@ -22,10 +22,11 @@ from ..objectives.base import Batch, ObjectiveContext, build_objectives, is_moni
 from ..objectives.supervised import predicted_labels, summed_loss
 from ..results.metrics import MetricsWriter, keep_epochs
 from . import checkpoint as ckpt
-from . import rundir
+from . import distributed, rundir
 from .environment import pick_device, run_environment  # noqa: F401  (pick_device: public here too)
 from .hooks import build_hook, overrides
 from .optim import build_optimizer, lr_factor, set_learning_rates
+from .trackers import Mirrors, check as check_trackers
 
 
 def confusion_counts(y: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -55,12 +56,15 @@ class Evaluation:
 @torch.no_grad()
 def evaluate_detailed(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalizer: Normalizer,
                       batch_size: int = 512, channels_last: bool = False,
-                      progress: Callable[[int, int], None] | None = None) -> Evaluation:
+                      progress: Callable[[int, int], None] | None = None,
+                      reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Evaluation:
     """Accuracy, balanced accuracy (%), mean loss and the confusion matrix of every head over uint8 images on the
     model's device: argmax and CE, or for a one-logit head, z > 0 and sigmoid BCE (`predicted_labels`,
     `summed_loss`; two classes). Counts and losses stay on the device and are read once, at the end.
     Heads with their own number of classes (`Classifier.own_classes`, another label set) are left out.
-    `progress(done, total)` is called after each batch (images done so far; no host read)."""
+    `progress(done, total)` is called after each batch (images done so far; no host read). `reduce` (DDP: a sum
+    across ranks, each holding a shard of the images) is applied once to the summed counts and losses before the
+    one host read."""
     from ..results.confusion import balanced_accuracy
     was_training = model.training
     model.eval()
@@ -85,9 +89,12 @@ def evaluate_detailed(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     heads = list(conf)
     if not heads:
         return Evaluation({}, {})
-    flat = torch.cat([torch.stack([loss[h] for h in heads])] + [conf[h].flatten().double() for h in heads])
+    flat = torch.cat([torch.stack([loss[h] for h in heads])] + [conf[h].flatten().double() for h in heads]
+                     + [torch.full((1,), float(total), dtype=torch.float64, device=loss[heads[0]].device)])
+    if reduce is not None:
+        flat = reduce(flat)
     values = flat.cpu().tolist()  # the one host read of the evaluation
-    n, metrics, matrices, at = max(total, 1), {}, {}, len(heads)
+    n, metrics, matrices, at = max(int(values[-1]), 1), {}, {}, len(heads)
     for j, h in enumerate(heads):
         c = conf[h].shape[0]
         m = [[int(v) for v in values[at + r * c: at + (r + 1) * c]] for r in range(c)]
@@ -265,15 +272,45 @@ def eval_epochs(epochs: int, eval_every: int, total_steps: int, steps_per_epoch:
     return [e for e in range(last + 1) if (e + 1) % eval_every == 0 or e + 1 == epochs or e == last]
 
 
+class _Records:
+    """Where metrics records go: metrics.jsonl and the tracker mirrors on rank 0; nowhere on the other ranks."""
+
+    def __init__(self, writer: MetricsWriter | None = None, mirrors: Mirrors | None = None) -> None:
+        self.writer, self.mirrors = writer, mirrors
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer.write(record)
+        if self.mirrors is not None:
+            self.mirrors.log(record)
+
+    def close(self, status: str = "FINISHED") -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.mirrors is not None:
+            self.mirrors.close(status)
+
+
 class Trainer:
     """Runs one configuration into `out_dir`: the loop, and the calls into data set-up, model I/O, objectives,
-    hooks and checkpoints. `claim` checks the folder (before anything is written) and locks it."""
+    hooks and checkpoints. `claim` checks the folder (before anything is written) and locks it.
+
+    Under torchrun (WORLD_SIZE > 1) each process is one rank of a DDP run (`distributed`): every rank draws the
+    same order and trains on its slice of each global batch of train.batch_size, evaluation is sharded and reduced,
+    and only rank 0 writes (folder, metrics, checkpoints, summary, mirrors). `model` is always the plain module
+    (hooks, evaluation and checkpoints use it); `net` is what the training step calls (DDP and/or torch.compile
+    around it, sharing its parameters)."""
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, label: str = "") -> None:
         self.cfg = cfg
         self.label = label
         self.out = Path(out_dir)
-        self.device = pick_device(cfg.train.device)
+        self.world = distributed.world_from_env()
+        device = pick_device(cfg.train.device)
+        distributed.check(cfg.train, self.world, device)
+        if self.world.is_main:
+            check_trackers(cfg.track)
+        self.device = distributed.setup(self.world, device)
         self.ckpt_dir = self.out / rundir.CHECKPOINT_DIR
         self.state: rundir.RunState | None = None
         self._lock: rundir.RunLock | None = None
@@ -295,14 +332,23 @@ class Trainer:
         if self.state is not None:
             return self.state
         self.identity = run_identity(self.cfg, {p: teacher_identity(p) for p in teacher_paths(self.cfg)})
-        self.prepare_output()
-        self._lock = rundir.RunLock(self.out)
-        self._lock.acquire()
-        try:
-            self.state = rundir.check_may_write(self.out, config_dict(self.cfg), resume, overwrite)
-        except BaseException:
-            self.release()
-            raise
+        outcome: Any = None
+        if self.world.is_main:
+            try:
+                self.prepare_output()
+                self._lock = rundir.RunLock(self.out)
+                self._lock.acquire()
+                try:
+                    outcome = rundir.check_may_write(self.out, config_dict(self.cfg), resume, overwrite)
+                except BaseException:
+                    self.release()
+                    raise
+            except Exception as e:  # every rank stops with rank 0's one line
+                outcome = e
+        outcome = distributed.broadcast(outcome)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self.state = outcome
         self._overwrite = overwrite
         return self.state
 
@@ -340,6 +386,9 @@ class Trainer:
         self._before_step = [h for h in self.hooks if overrides(h, "before_step")]
         self._after_step = [h for h in self.hooks if overrides(h, "after_step")]
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
+        self.net = distributed.wrap(self.model, self.device, self.world, self.cfg.train.sync_bn)
+        if self.cfg.train.compile:
+            self.net = torch.compile(self.net)
 
     def class_counts(self) -> list[int]:
         """Training images per class (of the labelled pool), for objectives such as `ce` with class weights;
@@ -378,7 +427,7 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
-        """Hooks may call this to add records to metrics.jsonl."""
+        """Hooks may call this to add records to metrics.jsonl (and the tracker mirrors); rank 0 only writes."""
         self.metrics.write(record)
 
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -393,27 +442,35 @@ class Trainer:
             self.release()
 
     def _fit(self, resume: bool) -> dict[str, Any]:
-        t = self.cfg.train
-        if self._overwrite:
-            rundir.clear(self.out)
-        rundir.clean_stale(self.out, ckpt.committed_tag(self.ckpt_dir) if resume else None)
-        ckpt.atomic_write_text(self.out / "config.json", json.dumps(config_dict(self.cfg), indent=2))
-        self.data: TrainingData = prepare_data(self.cfg, self.out, self.device)
+        t, main = self.cfg.train, self.world.is_main
+        if main:
+            if self._overwrite:
+                rundir.clear(self.out)
+            rundir.clean_stale(self.out, ckpt.committed_tag(self.ckpt_dir) if resume else None)
+            ckpt.atomic_write_text(self.out / "config.json", json.dumps(config_dict(self.cfg), indent=2))
+            self.data: TrainingData = prepare_data(self.cfg, self.out, self.device)
+        distributed.barrier()  # rank 0 has cleaned the folder and filled the data cache; the others read it
+        if not main:
+            self.data = prepare_data(self.cfg, self.out, self.device, write=False)
         self._normalizer = self.preprocessing.normalizer().to(self.device)
         self.loader.set_sampler(t.sampler)
+        self.loader.set_shard(self.world.rank, self.world.size)
         self._setup_model()
         start_epoch, step, elapsed = (ckpt.restore_training_state(self.ckpt_dir, self.model, self.optimizer,
                                                                    self.hooks, self.device)
                                       if resume else (0, 0, 0.0))
         metrics_path = self.out / "metrics.jsonl"
-        if resume:
-            keep_epochs(metrics_path, start_epoch)  # a kill after a metrics write but before its checkpoint
-        else:
-            metrics_path.unlink(missing_ok=True)
-        self.metrics = MetricsWriter(metrics_path)
+        self.metrics = _Records()
+        if main:
+            if resume:
+                keep_epochs(metrics_path, start_epoch)  # a kill after a metrics write but before its checkpoint
+            else:
+                metrics_path.unlink(missing_ok=True)
+            mirrors = Mirrors(self.cfg.track, self.out, config_dict(self.cfg), resume) if self.cfg.track else None
+            self.metrics = _Records(MetricsWriter(metrics_path), mirrors)
         total_steps = t.epochs * len(self.loader)
         total_steps = total_steps if t.max_steps is None else min(t.max_steps, total_steps)
-        progress = Progress(t.progress, total_steps, self.label, epochs=t.epochs,
+        progress = Progress(t.progress if main else "none", total_steps, self.label, epochs=t.epochs,
                             eval_epochs=eval_epochs(t.epochs, t.eval_every, total_steps, len(self.loader)),
                             eval_images=len(self.y_test), every=PROGRESS_EVERY_S)
         progress.resume_at(step, start_epoch)  # a resumed run's bar and rates start where it stopped
@@ -424,6 +481,7 @@ class Trainer:
             for h in self.hooks:
                 h.on_fit_start(self)
         record: dict[str, Any] = {}
+        status = "FAILED"
         try:
             for epoch in range(start_epoch, t.epochs):
                 if step >= total_steps:
@@ -438,14 +496,16 @@ class Trainer:
                 for h in self.hooks:
                     h.on_epoch_end(self, epoch, record)
                 self.metrics.write(record)
-                ckpt.save_training_state(self.ckpt_dir, epoch=epoch + 1, step=step, elapsed=elapsed,
-                                         model=self.model, model_spec=self.spec, optimizer=self.optimizer,
-                                         hooks=self.hooks)
+                if main:
+                    ckpt.save_training_state(self.ckpt_dir, epoch=epoch + 1, step=step, elapsed=elapsed,
+                                             model=self.model, model_spec=self.spec, optimizer=self.optimizer,
+                                             hooks=self.hooks)
                 self._last_good = epoch + 1
                 progress.epoch(epoch, t.epochs, record, step, record["train/images_per_s"])
+            status = "FINISHED"
         finally:
             progress.close()
-            self.metrics.close()
+            self.metrics.close(status)
         return self._finish(record, step, elapsed)
 
     def evaluate(self) -> dict[str, float]:
@@ -454,9 +514,13 @@ class Trainer:
         progress = getattr(self, "_progress", None)
         if progress is not None:
             progress.eval_start()
-        self.last_evaluation = evaluate_detailed(self.model, self.x_test, self.y_test, self.normalizer,
+        x, y, reduce = self.x_test, self.y_test, None
+        if self.world.enabled and len(y) >= self.world.size:  # a shard per rank, summed across ranks once
+            lo, hi = self.world.shard(len(y))
+            x, y, reduce = x[lo:hi], y[lo:hi], distributed.all_reduce
+        self.last_evaluation = evaluate_detailed(self.model, x, y, self.normalizer,
                                                  self.cfg.train.eval_batch_size, self.cfg.train.channels_last,
-                                                 progress.eval_batch if progress is not None else None)
+                                                 progress.eval_batch if progress is not None else None, reduce)
         if progress is not None:
             progress.eval_end()
         return dict(self.last_evaluation.metrics)
@@ -464,7 +528,12 @@ class Trainer:
     def _check_finite(self, epoch: int, record: dict[str, Any] | None = None) -> None:
         """One host read per logging point: the first non-finite loss step, non-finite weights, eval losses."""
         if record is None:
-            bad_step = int(self._first_bad)
+            first = self._first_bad
+            if self.world.enabled:  # the earliest bad step of any rank (0 = none): one reduction per epoch
+                never = torch.iinfo(torch.long).max
+                first = distributed.all_reduce(torch.where(first == 0, never, first), "min")
+                first = torch.where(first == never, 0, first)
+            bad_step = int(first)
             params = [p.detach() for p in self.model.parameters()]
             finite = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
             if bad_step:
@@ -489,16 +558,20 @@ class Trainer:
         self.loader.set_epoch(epoch)
         for h in self.hooks:
             h.on_epoch_start(self, epoch)
-        self.model.train()
+        self.net.train()
         steps_per_epoch = len(self.loader)
         tic, seen, n_batches, eta = time.perf_counter(), 0, 0, cfg.optim.lr
         sums: dict[str, torch.Tensor] = {}  # summed on the device; read once per epoch
+        world = self.world.size
         for i, (x, y) in enumerate(self.loader):
             if step >= total_steps:
                 break
             eta = set_learning_rates(self.optimizer, cfg.optim.lr,
                                      lr_factor(cfg.schedule, epoch + i / steps_per_epoch, t.epochs), cfg.schedule.min_lr)
-            loss, terms = self._train_step(x, y, step)
+            # DDP averages the ranks' gradients: a slice of n of a global batch of N weighs n·world/N, so the
+            # average is the gradient of the global batch's mean loss (1 whenever the slices are equal)
+            loss, terms = self._train_step(x, y, step) if world == 1 else \
+                self._train_step(x, y, step, len(y) * world / self.loader.global_batch_size(self.loader.start + i))
             step, n_batches, seen = step + 1, n_batches + 1, seen + len(y)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
@@ -506,21 +579,27 @@ class Trainer:
             for h in self._after_step:
                 h.after_step(self, step)
             if progress.mode != "none":  # a clock read (and every 50 steps, with a bar, the loss): no per-step sync
-                progress.step(1, loss, seen / max(time.perf_counter() - tic, 1e-9), epoch)
+                progress.step(1, loss, seen * world / max(time.perf_counter() - tic, 1e-9), epoch)
+        if self.world.enabled and sums:  # the ranks' means, averaged: one reduction per epoch
+            keys = sorted(sums)
+            mean = distributed.all_reduce(torch.stack([torch.as_tensor(sums[k], device=self.device).float()
+                                                       for k in keys])) / world
+            sums = dict(zip(keys, mean.unbind()))
         seconds = time.perf_counter() - tic
         record = {"epoch": epoch + 1, "step": step, "lr": eta,
                   **{f"train/{k}": float(v) / max(n_batches, 1) for k, v in sums.items()},
-                  "train/images_per_s": seen / max(seconds, 1e-9)}
+                  "train/images_per_s": seen * world / max(seconds, 1e-9)}
         return record, step, seconds
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
-        """Forward, objectives, backward, before-step hooks, clip, optimizer step; no host sync."""
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int, scale: float = 1.0) -> tuple[torch.Tensor, dict]:
+        """Forward, objectives, backward (of loss × `scale`, see `_run_epoch`), before-step hooks, clip, optimizer
+        step; no host sync."""
         t = self.cfg.train
         if t.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = torch.bfloat16 if self.device.type in ("cpu", "cuda") else torch.float16
         with torch.autocast(self.device.type, dtype=dtype, enabled=t.amp):
-            out = self.model(x)
+            out = self.net(x)
             batch = Batch(x, y, epoch=getattr(self, "epoch", None))
             terms: dict[str, torch.Tensor] = {}
             for obj in self.objectives:
@@ -532,7 +611,7 @@ class Trainer:
         loss = torch.stack([v.float() for k, v in terms.items() if not is_monitor(k)]).sum()
         self._first_bad = torch.where((self._first_bad == 0) & ~torch.isfinite(loss), step + 1, self._first_bad)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * scale if scale != 1.0 else loss).backward()
         for h in self._before_step:
             h.before_step(self, step + 1)
         if t.grad_clip:
@@ -544,15 +623,18 @@ class Trainer:
         if not any(k.startswith("eval/") for k in record):
             record = {**record, **self.evaluate()}
             self._check_finite(max(self._last_good or 1, 1) - 1, record)
-        ckpt.save_model(self.model, self.out / "model.safetensors", self.spec, preprocessing=self.preprocessing,
-                        identity=self.identity)
+        if self.world.is_main:
+            ckpt.save_model(self.model, self.out / "model.safetensors", self.spec, preprocessing=self.preprocessing,
+                            identity=self.identity)
         last = getattr(self, "last_evaluation", None)
         summary = {"status": "done", "identity": self.identity, "steps": step, "train_seconds": elapsed,
                    "num_train": self.num_train, "num_classes": self.num_classes, "device": str(self.device),
                    "params": sum(p.numel() for p in self.model.parameters()),
                    "final": {k: v for k, v in record.items() if k.startswith("eval/")},
                    **({"per_class": last.per_class(list(self.data.classes))} if last is not None else {})}
-        ckpt.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+        if self.world.is_main:
+            ckpt.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+        distributed.barrier()  # the other ranks return once rank 0's files are there
         return summary
 
 

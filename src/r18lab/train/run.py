@@ -47,7 +47,9 @@ def execute(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, overwr
         try:
             summary = trainer.fit(resume=resume, overwrite=overwrite)
         except TrainingDiverged as e:
-            atomic_write_text(out / "summary.json", json.dumps({"status": "diverged", "message": str(e)}, indent=2))
+            if trainer.world.is_main:  # under DDP only rank 0 writes the folder
+                atomic_write_text(out / "summary.json", json.dumps({"status": "diverged", "message": str(e)},
+                                                                   indent=2))
             if store is not None:
                 store.finish(run_id, {}, status="diverged", message=str(e))
             raise
