@@ -21,7 +21,7 @@ from ..config import Strict, _deep_merge, build_config, config_dict, run_identit
 from ..errors import ConfigError
 from ..registry import PROTOCOLS
 from .base import Protocol, RunContext, validate_settings
-from .spec import RunSpec
+from .spec import RunSpec, external_weight_ids
 
 
 class ActiveSettings(Strict):
@@ -141,13 +141,14 @@ class Active(Protocol):
         n = len(self.read_pool(pool)["indices"])
         tree = _deep_merge(_deep_merge(self.base, overlay), {"seed": seed, "data": {"indices": str(pool)}})
         cfg = config_dict(build_config(tree))
-        identity = run_identity(cfg)
+        weight_ids = external_weight_ids(cfg)  # e.g. model.init_from: a pretrained file
+        identity = run_identity(cfg, weight_ids)
         twin = self._by_identity.get(identity)  # e.g. cycle 0 of arms sharing a method: one run
         run_id = twin.run_id if twin else f"{self.name}/{arm}/c{cycle}/s{seed}/{identity}"
         out_dir = twin.out_dir if twin else \
             self.out / f"cycle{cycle}" / arm.replace("/", "--") / f"seed{seed}-{identity[:8]}"
         spec = RunSpec(run_id, cfg, out_dir, {"method": arm, "labels": n, "seed": seed, "cycle": cycle}, eval_head,
-                       identity=identity)
+                       identity=identity, teacher_ids=weight_ids)
         self._by_identity.setdefault(identity, spec)
         return spec
 

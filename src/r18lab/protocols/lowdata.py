@@ -14,7 +14,7 @@ from ..registry import PROTOCOLS
 from .base import Protocol, RunContext, validate_settings
 from .methods import METHODS
 from .robustness_columns import RobustnessSettings
-from .spec import RunSpec
+from .spec import RunSpec, external_weight_ids
 
 __all__ = ["LowData", "LowDataSettings", "RunSpec", "load_protocol", "plan"]
 
@@ -137,6 +137,7 @@ def plan(settings: LowDataSettings, base: dict, out_root: Path, protocol: str = 
             tree["objective"] = with_teacher(tree.get("objective", ["ce"]), path)
             teacher_ids[path] = teacher.identity
         cfg = config_dict(build_config(tree))
+        teacher_ids = external_weight_ids(cfg, teacher_ids)  # e.g. model.init_from: a pretrained file
         identity = run_identity(cfg, teacher_ids)
         twin = by_identity.get(identity)
         run_id = twin.run_id if twin else f"{protocol}/{key}/{identity}"

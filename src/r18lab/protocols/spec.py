@@ -36,6 +36,20 @@ class RunSpec:
             self.identity = run_identity(build_config(self.config), self.teacher_ids)
 
 
+def external_weight_ids(config: dict[str, Any], known: dict[str, str] | None = None) -> dict[str, str]:
+    """Identities of the weights files a config reads (model.init_from, teachers) that no planned run writes:
+    what the engine substitutes for their paths in the run identity (the identity stored in the file, else its
+    sha256), so the protocol plans the identity the run will record. Paths in `known` are kept; files that do not
+    exist yet are left out (the run's own check names them)."""
+    from ..config import teacher_paths
+    from ..models.io import teacher_identity
+    known = dict(known or {})
+    for p in teacher_paths(config):
+        if p not in known and Path(p).is_file():
+            known[p] = teacher_identity(p)
+    return known
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
