@@ -15,7 +15,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..registry import BACKBONES
 from .init import lecun_normal_
-from .tokens import LN_EPS, Mlp, PatchEmbed, check_token_options, stage_blocks, tokens_to_map
+from .tokens import (LN_EPS, Mlp, PatchEmbed, check_token_options, stage_blocks, timm_head_key,
+                     tokens_to_map)
 
 
 class MixerBlock(nn.Module):
@@ -86,10 +87,7 @@ class MlpMixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[0]
 
-    @staticmethod
-    def foreign_key(key: str) -> str:
-        """A timm key → ours: timm's classifier `head` is our `fc`."""
-        return "fc." + key[len("head."):] if key.startswith("head.") else key
+    foreign_key = staticmethod(timm_head_key)
 
 
 @BACKBONES.register("mlp_mixer")

@@ -62,3 +62,8 @@ def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Patch tokens (B, h·w, D), row-major over the patch grid (h, w) → a feature map (B, D, h, w), as the stage
     maps of convolutional backbones."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+
+
+def timm_head_key(key: str) -> str:
+    """A timm Mixer / ViT state-dict key → ours: timm's classifier `head` is our `fc` (the `foreign_key` of both)."""
+    return "fc." + key[len("head."):] if key.startswith("head.") else key

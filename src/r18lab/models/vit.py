@@ -15,7 +15,8 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError
 from ..registry import BACKBONES
-from .tokens import LN_EPS, Mlp, PatchEmbed, check_token_options, stage_blocks, tokens_to_map
+from .tokens import (LN_EPS, Mlp, PatchEmbed, check_token_options, stage_blocks, timm_head_key,
+                     tokens_to_map)
 
 
 class Attention(nn.Module):
@@ -108,10 +109,7 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[0]
 
-    @staticmethod
-    def foreign_key(key: str) -> str:
-        """A timm key → ours: timm's classifier `head` is our `fc`."""
-        return "fc." + key[len("head."):] if key.startswith("head.") else key
+    foreign_key = staticmethod(timm_head_key)
 
 
 @BACKBONES.register("vit")
