@@ -45,11 +45,13 @@ def cmd_train(a: argparse.Namespace) -> int:
         return distributed.launch(a.nproc, ["--debug"] * a.debug + ["train", *argv])
     world = distributed.world_from_env()  # under torchrun: one rank of a DDP run; only rank 0 writes and prints
     finished = a.resume and not a.overwrite and inspect(out).status == "done"
+    clean = False
     try:
         summary = execute(cfg, out, resume=a.resume, overwrite=a.overwrite,
                           store=open_store(a.store) if world.is_main else None)
+        clean = True
     finally:
-        distributed.shutdown()
+        distributed.shutdown(clean)
     if not world.is_main:
         return 0
     if finished:

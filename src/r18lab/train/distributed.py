@@ -102,10 +102,15 @@ def launch(nproc: int, argv: list[str]) -> int:
     return subprocess.call(cmd)
 
 
-def shutdown() -> None:
-    """Leave the process group (at process end; a no-op when none was joined)."""
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group (at process end; a no-op when none was joined). After a clean finish every rank first
+    meets the others at a barrier, so no rank tears down its gloo pairs while a peer still talks to them (a rank
+    leaving early was seen to abort with `terminate called without an active exception`); after an error there is
+    no barrier, since the failed peer may never reach it."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
+        if clean and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
