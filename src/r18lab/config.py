@@ -76,6 +76,9 @@ class DataConfig(Strict):
     exclude_classes: list[str] = []  # class names dropped from every split, e.g. [BACKGROUND_Google]
     labels: int | None = Field(None, ge=1, description="labelled pool size (nested, class-balanced); None = all")
     indices: str | None = None  # a file of training-set indices (JSON list, .npy or one per line): train on exactly these
+    #: images a semi-supervised objective (mixmatch) may use without their labels: `none`, or `rest` = every image of
+    #: the training split outside the labelled pool
+    unlabelled: Literal["none", "rest"] = "none"
     task: Union[str, dict[str, Any]] = "classes"  # the labels learnt: classes, cifar2, {name: binary, positive: [...]}, ...
     test_size: int | None = Field(None, ge=1, description="a class-balanced subset of the test split; None = all")
     balanced: bool = True

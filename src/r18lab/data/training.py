@@ -28,6 +28,10 @@ class TrainingData:
     classes: list[str]
     train_indices: np.ndarray
     preprocessing: Preprocessing
+    #: uint8 N×C×H×W images on the device for semi-supervised objectives (`data.unlabelled`), else None
+    unlabelled: torch.Tensor | None = None
+    #: the training augmentation (the unlabelled stream augments with it too)
+    augment: Augment | None = None
 
     @property
     def num_classes(self) -> int:
@@ -248,4 +252,8 @@ def prepare(cfg, out_dir: Path, device: torch.device, write: bool = True) -> Tra
                       random_resized_crop=None if rrc is None else (rrc.scale, rrc.ratio))
     loader = BatchLoader(x_tr, y_tr, batch_size=min(t.batch_size, len(y_tr)), shuffle=True,
                          drop_last=t.drop_last, seed=cfg.seed, augment=augment)
-    return TrainingData(loader, x_test, y_test, list(train.classes), idx, pre)
+    x_u = None
+    if d.unlabelled == "rest":
+        from .unlabelled import unlabelled_rows
+        x_u = to_device_tensors(train.subset(unlabelled_rows(len(train.labels), idx)), device)[0]
+    return TrainingData(loader, x_test, y_test, list(train.classes), idx, pre, x_u, augment)

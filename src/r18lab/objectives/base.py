@@ -36,6 +36,12 @@ class Batch:
     x: torch.Tensor
     y: torch.Tensor
     epoch: int | None = None
+    #: training progress in epochs, epoch + batch/batches_per_epoch (a Python float; ramps without a host sync)
+    progress: float | None = None
+    #: set by a composing objective (MixMatch): soft targets, one row per row of `x`, whose first `labelled` rows
+    #: stem from the labelled batch and the rest from unlabelled images; None for a plain batch
+    soft: torch.Tensor | None = None
+    labelled: int | None = None
 
 
 @dataclass
@@ -100,6 +106,12 @@ class Objective:
 
     tag: str | None = None
     name: str = "objective"
+    #: augmented views of each unlabelled image this objective wants per step; > 0 makes it the run's composer:
+    #: the engine passes it the labelled batch and the unlabelled views (`compose`) and forwards what it returns
+    unlabelled_views: int = 0
+    #: False for an objective that never reads `batch.y` (it may then sit beside a composer, whose batch rows are
+    #: no longer the labelled ones)
+    uses_labels: bool = True
     from_epoch: int | None = None  # the terms apply while from_epoch ≤ epoch < until_epoch (0-based), else 0
     until_epoch: int | None = None
 
@@ -117,6 +129,11 @@ class Objective:
 
     def compute(self, out, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+    def compose(self, batch: Batch, unlabelled: list[torch.Tensor], forward: Callable, step: int) -> Batch:
+        """A composer's training batch built from the labelled `batch`, the unlabelled views and the network's
+        `forward` (only objectives with `unlabelled_views` > 0 are asked)."""
+        raise NotImplementedError  # pragma: no cover
 
     @property
     def terms(self) -> list[str]:
@@ -215,4 +232,14 @@ def build_objectives(entries: Iterable[Entry], ctx: ObjectiveContext) -> list[Ob
                                   f"give #{i} a distinct tag, e.g. {{name: {name}, tag: t{i}, ...}}")
             owner[term] = (i, name)
         built.append(obj)
+    composers = [o for o in built if o.unlabelled_views]
+    if len(composers) > 1:
+        raise ConfigError(f"objectives {composers[0].name} and {composers[1].name} both build the training batch from "
+                          "unlabelled data; keep one of them")
+    if composers:
+        others = [o.name for o in built if o is not composers[0] and o.uses_labels]
+        if others:
+            raise ConfigError(f"objective {composers[0].name} trains on mixed batches whose rows are not the labelled "
+                              f"ones, so {others[0]} (which reads the labels) cannot sit beside it; drop {others[0]} "
+                              f"({composers[0].name} has its own supervised term)")
     return built

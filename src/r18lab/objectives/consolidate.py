@@ -53,6 +53,8 @@ class Consolidate(Objective):
     teachers, old:new = 1:1) or 1 (`task_weights: one`, the other reading; the two agree for N = 1). T (lost):
     2, the first author's LwF value. No T² factor (paper eq. 2 has none); `t2_scale: true` adds it."""
 
+    uses_labels = False  # reads no batch.y: may sit beside a composer such as mixmatch
+
     def __init__(self, ctx: ObjectiveContext, teachers: list[dict[str, Any]] | None = None,
                  temperature: float = 2.0, task_weights: str = "one_over_n", t2_scale: bool = False) -> None:
         if not isinstance(teachers, list) or not teachers:

@@ -41,6 +41,8 @@ class Decorrelation(Objective):
     pull it towards the mean (KD-like). A head with a single sub-head makes the term identically zero, so it
     is refused with the fix (more heads, or drop the objective)."""
 
+    uses_labels = False  # reads no batch.y: may sit beside a composer such as mixmatch
+
     def __init__(self, ctx: ObjectiveContext, head: str | None = None, weight: float = -0.8) -> None:
         names = list(ctx.logit_names)
         with_subs = [h for h in ctx.head_names if sub_head_keys(h, names)]

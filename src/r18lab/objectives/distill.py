@@ -102,6 +102,8 @@ class KnowledgeDistillation(Objective):
     < N); afterwards the term `kd` is a constant 0 and the teacher is not run (spec 003 T5, "KD for only the
     first 20 % of epochs, then CE": pair it with `{name: ce, from_epoch: N, tag: late}` so CE gets full weight)."""
 
+    uses_labels = False  # reads no batch.y: may sit beside a composer such as mixmatch
+
     def __init__(self, ctx: ObjectiveContext, teacher: str | None = None, teacher_head: str = "main",
                  head: str = "main", temperature: float = 4.0, weight: float = 0.9,
                  reduction: str = "batchmean") -> None:
@@ -153,6 +155,8 @@ class MutualLearning(Objective):
 
     DML has no temperature: the paper's KL is between the peers' plain softmax outputs."""
 
+    uses_labels = False  # reads no batch.y: may sit beside a composer such as mixmatch
+
     def __init__(self, ctx: ObjectiveContext, head: str = "main", weight: float = 1.0) -> None:
         self.keys, self.weight = _peer_heads(ctx, head, "dml"), float(weight)
 
@@ -167,6 +171,8 @@ class MutualLearning(Objective):
 @OBJECTIVES.register("kdcl")
 class CollaborativeLearning(Objective):
     """KDCL (simple variant): each peer's CE (from `ce`) plus term `kdcl/<peer>` = weight·T²·KL(softmax(mean of peers/T) ‖ softmax(z_k/T)), T = 2 (Guo et al. 2020)."""
+
+    uses_labels = False  # reads no batch.y: may sit beside a composer such as mixmatch
 
     def __init__(self, ctx: ObjectiveContext, head: str = "main", temperature: float = 2.0,
                  weight: float = 1.0) -> None:

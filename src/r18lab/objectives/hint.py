@@ -54,6 +54,8 @@ class Hint(Objective):
     2·C·H·W times larger for the same β. One-stage training (hint added to CE from the start), not FitNets'
     two-stage schedule (hint pre-training, then KD), as paper 002c describes its total loss γ·L_CLS + β·L_Hint."""
 
+    uses_labels = False  # reads no batch.y: may sit beside a composer such as mixmatch
+
     def __init__(self, ctx: ObjectiveContext, teacher: str | None = None, stage: int = 2,
                  teacher_stage: int | None = None, head: str = "hint", weight: float = 1.0,
                  reduction: str = "sum_over_elements_mean_over_batch") -> None:

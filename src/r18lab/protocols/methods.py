@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 FR = {"model": {"heads": ["main", "fr"]}}
+MIXMATCH = {"data": {"unlabelled": "rest"}, "objective": ["mixmatch"], "hooks": ["ema"],
+            "optim": {"name": "adamw", "lr": 0.002, "weight_decay": 0.02}, "schedule": {"name": "constant"}}
 
 #: name → overlay on the run config; `eval_head` picks the head the protocol reports (default `main`);
 #: `teacher_method` names a method trained first on the same split whose weights become `teacher`.
@@ -42,6 +44,11 @@ METHODS: dict[str, dict[str, Any]] = {
     # Learning Loss for Active Learning (Yoo & Kweon 2019): the loss-prediction head on the four stage maps, trained
     # with the ranking loss (λ = 1) beside CE; its stage inputs detached after 60 % of training (epoch 120 of 200).
     "llal": {"model": {"heads": ["main", "llal"]}, "objective": ["ce", "llal"], "hooks": ["llal_detach"]},
+    # MixMatch (Berthelot et al. 2019) as the reference reproduction YU1ut/MixMatch-pytorch trains it: Adam, lr 0.002,
+    # constant; its decoupled decay of 0.02·lr per step is AdamW's weight_decay 0.02; EMA 0.999 evaluated; K = 2,
+    # T = 0.5, α = 0.75, λ_u = 75 (the objective's defaults). Paper 000 sec. 3.3 couples it with the FR.
+    "mixmatch": MIXMATCH,
+    "fr-mixmatch": {**MIXMATCH, **FR},
     # Non-convolutional baselines trained from scratch (paper 000, Figure 4). Their optimiser is ours (appendix A.3
     # is lost): AdamW, lr 1e-3, weight decay 0.05, 5 warm-up epochs, then the recipe's schedule.
     **{name: {"model": {"name": name}, "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},

@@ -1,6 +1,7 @@
 """The one training loop. It names no method: heads, objectives and hooks come from registries via the config."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -15,7 +16,7 @@ from torch import nn
 from .. import objectives as _objectives  # noqa: F401  (registers objectives)
 from ..config import RunConfig, config_dict, run_identity, specs, teacher_paths
 from ..data.training import TrainingData, prepare as prepare_data
-from ..errors import R18Error, TrainingDiverged
+from ..errors import ConfigError, R18Error, TrainingDiverged
 from ..models.io import (Normalizer, build_from_spec, load_checkpoint,  # noqa: F401  (build_from_spec,
                          model_spec, teacher_identity)                 # model_spec: public here too)
 from ..objectives.base import Batch, ObjectiveContext, build_objectives, is_monitor
@@ -380,15 +381,40 @@ class Trainer:
                                aux_names=list(getattr(self.model, "aux_names", [])),
                                head_modules=dict(getattr(getattr(self.model, "peers", [self.model])[0], "heads", {})),
                                head_classes=dict(getattr(self.model, "head_classes", {})),
-                               extras={"class_counts": self.class_counts()})
+                               extras={"class_counts": self.class_counts(), "seed": self.cfg.seed,
+                                       "epochs": self.cfg.train.epochs})
         self.objectives = build_objectives(specs(self.cfg.objective, "objective"), ctx)
+        self._composer, self._unlabelled = self._unlabelled_stream()
         self.hooks = [build_hook(n, p) for n, p in specs(self.cfg.hooks, "hook")]
+        self._weight_swaps = [h for h in self.hooks if overrides(h, "evaluation_weights")]
         self._before_step = [h for h in self.hooks if overrides(h, "before_step")]
         self._after_step = [h for h in self.hooks if overrides(h, "after_step")]
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
         self.net = distributed.wrap(self.model, self.device, self.world, self.cfg.train.sync_bn)
         if self.cfg.train.compile:
             self.net = torch.compile(self.net)
+
+    def _unlabelled_stream(self):
+        """(the objective that composes batches from unlabelled data, its stream of views), or (None, None)."""
+        composer = next((o for o in self.objectives if o.unlabelled_views), None)
+        if composer is None:
+            return None, None
+        images = self.data.unlabelled
+        if images is None:
+            raise ConfigError(f"objective {composer.name} needs unlabelled data but the run has none; set "
+                              "data.unlabelled=rest (the training images outside the labelled pool, their labels unused)")
+        from ..data.unlabelled import UnlabelledStream
+        stream = UnlabelledStream(images, self.cfg.train.batch_size, composer.unlabelled_views, self.cfg.seed,
+                                  self.data.augment)
+        stream.set_shard(self.world.rank, self.world.size)
+        return composer, stream
+
+    def evaluation_weights(self):
+        """A context in which the model holds the weights evaluated and saved (a hook's EMA, else the training ones)."""
+        stack = contextlib.ExitStack()
+        for h in getattr(self, "_weight_swaps", []):
+            stack.enter_context(h.evaluation_weights(self))
+        return stack
 
     def class_counts(self) -> list[int]:
         """Training images per class (of the labelled pool), for objectives such as `ce` with class weights;
@@ -518,9 +544,10 @@ class Trainer:
         if self.world.enabled and len(y) >= self.world.size:  # a shard per rank, summed across ranks once
             lo, hi = self.world.shard(len(y))
             x, y, reduce = x[lo:hi], y[lo:hi], distributed.all_reduce
-        self.last_evaluation = evaluate_detailed(self.model, x, y, self.normalizer,
-                                                 self.cfg.train.eval_batch_size, self.cfg.train.channels_last,
-                                                 progress.eval_batch if progress is not None else None, reduce)
+        with self.evaluation_weights():
+            self.last_evaluation = evaluate_detailed(self.model, x, y, self.normalizer,
+                                                     self.cfg.train.eval_batch_size, self.cfg.train.channels_last,
+                                                     progress.eval_batch if progress is not None else None, reduce)
         if progress is not None:
             progress.eval_end()
         return dict(self.last_evaluation.metrics)
@@ -570,6 +597,7 @@ class Trainer:
                                      lr_factor(cfg.schedule, epoch + i / steps_per_epoch, t.epochs), cfg.schedule.min_lr)
             # DDP averages the ranks' gradients: a slice of n of a global batch of N weighs n·world/N, so the
             # average is the gradient of the global batch's mean loss (1 whenever the slices are equal)
+            self.progress_epochs = epoch + (self.loader.start + i) / steps_per_epoch  # fractional, for ramps
             loss, terms = self._train_step(x, y, step) if world == 1 else \
                 self._train_step(x, y, step, len(y) * world / self.loader.global_batch_size(self.loader.start + i))
             step, n_batches, seen = step + 1, n_batches + 1, seen + len(y)
@@ -593,14 +621,20 @@ class Trainer:
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int, scale: float = 1.0) -> tuple[torch.Tensor, dict]:
         """Forward, objectives, backward (of loss × `scale`, see `_run_epoch`), before-step hooks, clip, optimizer
-        step; no host sync."""
+        step; no host sync. A composing objective (MixMatch) first builds the batch forwarded from this one and the
+        step's unlabelled views."""
         t = self.cfg.train
         if t.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = torch.bfloat16 if self.device.type in ("cpu", "cuda") else torch.float16
         with torch.autocast(self.device.type, dtype=dtype, enabled=t.amp):
-            out = self.net(x)
-            batch = Batch(x, y, epoch=getattr(self, "epoch", None))
+            batch = Batch(x, y, epoch=getattr(self, "epoch", None), progress=getattr(self, "progress_epochs", None))
+            if self._composer is not None:
+                views = self._unlabelled.at(step)
+                if t.channels_last:
+                    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+                batch = self._composer.compose(batch, views, self.net, step)
+            out = self.net(batch.x)
             terms: dict[str, torch.Tensor] = {}
             for obj in self.objectives:
                 new = obj(out, batch)
@@ -624,13 +658,16 @@ class Trainer:
             record = {**record, **self.evaluate()}
             self._check_finite(max(self._last_good or 1, 1) - 1, record)
         if self.world.is_main:
-            ckpt.save_model(self.model, self.out / "model.safetensors", self.spec, preprocessing=self.preprocessing,
-                            identity=self.identity)
+            with self.evaluation_weights():
+                ckpt.save_model(self.model, self.out / "model.safetensors", self.spec,
+                                preprocessing=self.preprocessing, identity=self.identity)
         last = getattr(self, "last_evaluation", None)
         summary = {"status": "done", "identity": self.identity, "steps": step, "train_seconds": elapsed,
                    "num_train": self.num_train, "num_classes": self.num_classes, "device": str(self.device),
                    "params": sum(p.numel() for p in self.model.parameters()),
                    "final": {k: v for k, v in record.items() if k.startswith("eval/")},
+                   "weights": "+".join(getattr(h, "weights_name", type(h).__name__) for h in self._weight_swaps)
+                   or "trained",
                    **({"per_class": last.per_class(list(self.data.classes))} if last is not None else {})}
         if self.world.is_main:
             ckpt.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, ContextManager
 
 from ...errors import ConfigError
 from ...registry import HOOKS
@@ -25,6 +26,10 @@ class Hook:
     def before_step(self, ctx, step: int) -> None: ...
     def after_step(self, ctx, step: int) -> None: ...
     def on_epoch_end(self, ctx, epoch: int, metrics: dict[str, Any]) -> None: ...
+    def evaluation_weights(self, ctx) -> ContextManager:
+        """A context in which `ctx.model` holds the weights to evaluate and save (e.g. an EMA of them); the training
+        weights are back when it exits. Evaluation, model.safetensors (and so `eval`, `export`) use it."""
+        return nullcontext()
     def state_dict(self) -> dict[str, Any]:
         return {}
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
