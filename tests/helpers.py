@@ -21,3 +21,16 @@ optim: {{lr: 0.05}}
 schedule: {{name: constant}}
 train: {{batch_size: 32, epochs: {epochs}, progress: none}}
 {extra}"""
+
+
+def interrupt_at(monkeypatch, at_step: int) -> None:
+    """Make the engine raise KeyboardInterrupt (as Ctrl-C would) when it is about to run step `at_step` + 1."""
+    from r18lab.train.engine import Trainer
+    original = Trainer._train_step
+
+    def step(self, x, y, step):
+        if step == at_step:
+            raise KeyboardInterrupt
+        return original(self, x, y, step)
+
+    monkeypatch.setattr(Trainer, "_train_step", step)

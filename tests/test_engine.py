@@ -15,7 +15,7 @@ from r18lab.train.engine import train
 from r18lab.train.hooks import Hook
 from r18lab.train.optim import lr_factor, param_groups
 
-from helpers import tiny
+from helpers import interrupt_at, tiny
 
 
 def test_schedules_on_hand_values():
@@ -51,17 +51,7 @@ def test_training_learns_synthetic_data(tmp_path):
     assert records[-1]["train/loss"] < records[0]["train/loss"]
 
 
-def _interrupt_at(monkeypatch, at_step: int) -> None:
-    """Make the engine raise KeyboardInterrupt (as Ctrl-C would) when it is about to run step `at_step` + 1."""
-    from r18lab.train.engine import Trainer
-    original = Trainer._train_step
-
-    def step(self, x, y, step):
-        if step == at_step:
-            raise KeyboardInterrupt
-        return original(self, x, y, step)
-
-    monkeypatch.setattr(Trainer, "_train_step", step)
+_interrupt_at = interrupt_at
 
 
 def test_resume_after_kill_gives_identical_weights(tmp_path, monkeypatch):

@@ -11,10 +11,10 @@ from r18lab.config import load_config
 from r18lab.data.unlabelled import UnlabelledStream, unlabelled_rows
 from r18lab.objectives.mixmatch import (MixMatch, guess_labels, labelled_loss, linear_rampup, mix_weight, mixup,
                                         sharpen, unlabelled_loss)
-from r18lab.train.engine import Trainer, train
+from r18lab.train.engine import train
 from r18lab.train.hooks.ema import ema_update
 
-from helpers import tiny, tiny_recipe
+from helpers import interrupt_at, tiny, tiny_recipe
 from test_cli import run_cli
 
 SEMI = ("data.labels=32", "data.unlabelled=rest", "train.batch_size=16")
@@ -85,12 +85,6 @@ def test_stream_batch_is_a_function_of_the_step():
 
 
 # -- the objective in the engine ----------------------------------------------------------------------------------
-def _trainer(tmp_path, *extra):
-    t = Trainer(load_config(None, tiny(*SEMI, *extra)), tmp_path)
-    t.claim()
-    return t
-
-
 def test_forward_batch_holds_labelled_and_k_views_and_every_head_gets_both_terms(tmp_path, monkeypatch):
     seen = []
     original = MixMatch.compose
@@ -127,15 +121,8 @@ def test_lambda_u_ramps_and_scales_the_unlabelled_term(tmp_path):
 def test_resume_after_kill_gives_identical_weights_with_mixmatch_and_ema(tmp_path, monkeypatch):
     args = tiny(*SEMI, "train.epochs=3", "train.deterministic=true", "objective=[mixmatch]", "hooks=[ema]")
     train(load_config(None, args), tmp_path / "full")
-    original = Trainer._train_step
-
-    def killed(self, x, y, step):
-        if step == 3:
-            raise KeyboardInterrupt
-        return original(self, x, y, step)
-
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(Trainer, "_train_step", killed)
+        interrupt_at(m, 3)
         train(load_config(None, args), tmp_path / "cut")
     train(load_config(None, args), tmp_path / "cut", resume=True)
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")

@@ -20,7 +20,7 @@ from r18lab.models.io import Normalizer
 from r18lab.train.engine import train
 from r18lab.train.hooks import build_hook, overrides
 
-from helpers import tiny
+from helpers import interrupt_at, tiny
 
 BINARY = ["data.task={name: binary, positive: [0, 1]}", "model.num_classes=1", "objective=[bce]",
           "train.epochs=3", "train.threads=1"]
@@ -92,18 +92,10 @@ def test_the_probe_does_not_change_training(runs):
 
 
 def test_resume_keeps_the_first_kernel_and_the_points(tmp_path, monkeypatch):
-    from r18lab.train.engine import Trainer
     args = tiny(*BINARY, PROBE, "train.deterministic=true")
     train(load_config(None, args), tmp_path / "full")
-    original = Trainer._train_step
-
-    def killed(self, x, y, step):
-        if step == 6:  # in the middle of epoch 2
-            raise KeyboardInterrupt
-        return original(self, x, y, step)
-
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(Trainer, "_train_step", killed)
+        interrupt_at(m, 6)
         train(load_config(None, args), tmp_path / "cut")
     train(load_config(None, args), tmp_path / "cut", resume=True)
     full, cut = probes(tmp_path / "full"), probes(tmp_path / "cut")
@@ -213,5 +205,5 @@ def test_benchmark_prints_positive_ratios(capsys):
     assert all(isinstance(v, float) and v > 0 for v in ratios.values())
     table = [line for line in out if line.startswith("| (")]
     assert [float(line.rstrip(" |").rsplit("|", 1)[1]) for line in table] == pytest.approx(
-        list(ratios.values()), rel=2e-3)
+        list(ratios.values()), abs=5.01e-4)  # printed with 3 decimals: off by at most half a unit of the last
     assert module.main(["--repeats", "0"]) == 2
