@@ -146,6 +146,7 @@ def test_ema_weights_are_evaluated_and_saved_not_the_trained_ones(tmp_path):
     assert summary["weights"] == "ema(decay=0.9)"
     plain_summary = json.loads((tmp_path / "plain" / "summary.json").read_text())
     assert plain_summary["weights"] == "trained" and summary["final"] != plain_summary["final"]
+    assert summary["final_trained"] == pytest.approx(plain_summary["final"]) and "final_trained" not in plain_summary
 
 
 def test_mixmatch_cli_end_to_end_and_eval_reads_the_ema_weights(tmp_path):

@@ -534,23 +534,27 @@ class Trainer:
             self.metrics.close(status)
         return self._finish(record, step, elapsed)
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, trained_weights: bool = False) -> dict[str, float]:
         """Evaluate on the test split (kept whole in `last_evaluation`, confusion matrices included); the flat
-        metrics, balanced accuracy included, go to metrics.jsonl."""
-        progress = getattr(self, "_progress", None)
+        metrics, balanced accuracy included, go to metrics.jsonl. The weights are the evaluated ones (a hook's EMA),
+        or with `trained_weights` the ones training updates (then `last_evaluation` is left as it was)."""
+        progress = None if trained_weights else getattr(self, "_progress", None)
         if progress is not None:
             progress.eval_start()
         x, y, reduce = self.x_test, self.y_test, None
         if self.world.enabled and len(y) >= self.world.size:  # a shard per rank, summed across ranks once
             lo, hi = self.world.shard(len(y))
             x, y, reduce = x[lo:hi], y[lo:hi], distributed.all_reduce
-        with self.evaluation_weights():
-            self.last_evaluation = evaluate_detailed(self.model, x, y, self.normalizer,
-                                                     self.cfg.train.eval_batch_size, self.cfg.train.channels_last,
-                                                     progress.eval_batch if progress is not None else None, reduce)
+        with contextlib.nullcontext() if trained_weights else self.evaluation_weights():
+            result = evaluate_detailed(self.model, x, y, self.normalizer, self.cfg.train.eval_batch_size,
+                                       self.cfg.train.channels_last,
+                                       progress.eval_batch if progress is not None else None, reduce)
+        if trained_weights:
+            return dict(result.metrics)
+        self.last_evaluation = result
         if progress is not None:
             progress.eval_end()
-        return dict(self.last_evaluation.metrics)
+        return dict(result.metrics)
 
     def _check_finite(self, epoch: int, record: dict[str, Any] | None = None) -> None:
         """One host read per logging point: the first non-finite loss step, non-finite weights, eval losses."""
@@ -668,6 +672,8 @@ class Trainer:
                    "final": {k: v for k, v in record.items() if k.startswith("eval/")},
                    "weights": "+".join(getattr(h, "weights_name", type(h).__name__) for h in self._weight_swaps)
                    or "trained",
+                   # with an EMA (or another swap) evaluated, the trained weights' figures too, to compare
+                   **({"final_trained": self.evaluate(trained_weights=True)} if self._weight_swaps else {}),
                    **({"per_class": last.per_class(list(self.data.classes))} if last is not None else {})}
         if self.world.is_main:
             ckpt.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
