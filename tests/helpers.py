@@ -34,3 +34,14 @@ def interrupt_at(monkeypatch, at_step: int) -> None:
         return original(self, x, y, step)
 
     monkeypatch.setattr(Trainer, "_train_step", step)
+
+
+def load_benchmark(name: str):
+    """The module of `benchmarks/<name>.py` (benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,24 +1,20 @@
 """benchmarks/grouped_convs.py at a tiny size: the table's structure, FLOP ratios equal to count_flops ratios
 (exactly), the efficiency formula, the profile's groups, the CLI's --json and its one-line error for a width
 that g16 cannot divide. Speeds themselves are not asserted (they depend on the machine)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from r18lab.analysis.cost import count_flops
 from r18lab.models.classifier import create_model
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "grouped_convs.py"
+from helpers import load_benchmark
+
 
 
 @pytest.fixture(scope="module")
 def gc():
-    spec = importlib.util.spec_from_file_location("grouped_convs", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("grouped_convs")
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,19 @@
 """benchmarks/scoring.py at a tiny size: its printed lines and --json fields, images/s > 0, the ratio equal to
 scoring ÷ training and the estimates to 10,000 ÷ scoring and 1,000 ÷ training; a bad --heads is one line, exit 2.
 Speeds themselves are not asserted (they depend on the machine)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "scoring.py"
+from helpers import load_benchmark
+
 TINY = ["--device", "cpu", "--width", "0.0625", "--candidates", "64", "--train-images", "32", "--batch", "16",
         "--image-size", "16", "--rounds", "1", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
 def sc():
-    spec = importlib.util.spec_from_file_location("scoring", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("scoring")
 
 
 def test_tiny_run_prints_and_writes_consistent_fields(sc, tmp_path, capsys):

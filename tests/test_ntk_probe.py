@@ -1,7 +1,6 @@
 """The ntk_probe hook (spec 002d §4 L3): K_t on a fixed probe set during training — distance, alignment, energy, the
 saved kernels, the constant kernel of a linearised model, no effect on training, resume, bad input — and the
 benchmarks/linearized_costs.py smoke test."""
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,12 +19,11 @@ from r18lab.models.io import Normalizer
 from r18lab.train.engine import train
 from r18lab.train.hooks import build_hook, overrides
 
-from helpers import interrupt_at, tiny
+from helpers import interrupt_at, load_benchmark, tiny
 
 BINARY = ["data.task={name: binary, positive: [0, 1]}", "model.num_classes=1", "objective=[bce]",
           "train.epochs=3", "train.threads=1"]
 PROBE = "hooks=[{name: ntk_probe, size: 32, epochs: [0, 1, 3, 7], ks: [1, 4, 100]}]"
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "linearized_costs.py"
 
 
 def records(run: Path) -> list[dict]:
@@ -193,9 +191,7 @@ def test_multiclass_task_exits_2_with_one_line(tmp_path, capsys):
 
 
 def test_benchmark_prints_positive_ratios(capsys):
-    spec = importlib.util.spec_from_file_location("linearized_costs", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("linearized_costs")
     assert module.main(["--n", "8", "--batch", "8", "--width", "0.0625", "--image-size", "8", "--repeats", "1",
                         "--threads", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
