@@ -39,13 +39,6 @@ class UnlabelledStream:
         self._iter: Iterator | None = None
         self._next = -1
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def images(self) -> torch.Tensor:
-        return self.loader.images
-
     def set_shard(self, rank: int, world: int) -> None:
         self.loader.set_shard(rank, world)
 

@@ -74,8 +74,6 @@ class MixMatch(Objective):
     the first 16,000 steps. λ and the shuffle come from a generator seeded by (seed, step), so a resumed run mixes
     exactly as an uninterrupted one."""
 
-    uses_labels = True
-
     def __init__(self, ctx: ObjectiveContext, heads: str | list[str] = "all", guess_head: str = "main",
                  views: int = 2, temperature: float = 0.5, alpha: float = 0.75, lambda_u: float = 75.0,
                  rampup_epochs: float | None = None) -> None:

@@ -534,27 +534,28 @@ class Trainer:
             self.metrics.close(status)
         return self._finish(record, step, elapsed)
 
-    def evaluate(self, trained_weights: bool = False) -> dict[str, float]:
-        """Evaluate on the test split (kept whole in `last_evaluation`, confusion matrices included); the flat
-        metrics, balanced accuracy included, go to metrics.jsonl. The weights are the evaluated ones (a hook's EMA),
-        or with `trained_weights` the ones training updates (then `last_evaluation` is left as it was)."""
-        progress = None if trained_weights else getattr(self, "_progress", None)
+    def evaluate(self) -> dict[str, float]:
+        """Evaluate the evaluated weights (a hook's EMA, else the trained ones) on the test split, kept whole in
+        `last_evaluation` (confusion matrices included); the flat metrics, balanced accuracy included, go to
+        metrics.jsonl."""
+        progress = getattr(self, "_progress", None)
         if progress is not None:
             progress.eval_start()
-        x, y, reduce = self.x_test, self.y_test, None
-        if self.world.enabled and len(y) >= self.world.size:  # a shard per rank, summed across ranks once
-            lo, hi = self.world.shard(len(y))
-            x, y, reduce = x[lo:hi], y[lo:hi], distributed.all_reduce
-        with contextlib.nullcontext() if trained_weights else self.evaluation_weights():
-            result = evaluate_detailed(self.model, x, y, self.normalizer, self.cfg.train.eval_batch_size,
-                                       self.cfg.train.channels_last,
-                                       progress.eval_batch if progress is not None else None, reduce)
-        if trained_weights:
-            return dict(result.metrics)
-        self.last_evaluation = result
+        with self.evaluation_weights():
+            self.last_evaluation = self._evaluate_test(progress)
         if progress is not None:
             progress.eval_end()
-        return dict(result.metrics)
+        return dict(self.last_evaluation.metrics)
+
+    def _evaluate_test(self, progress: Progress | None = None) -> Evaluation:
+        """The model as it is on the test split; under DDP a shard per rank, summed across ranks once."""
+        x, y, reduce = self.x_test, self.y_test, None
+        if self.world.enabled and len(y) >= self.world.size:
+            lo, hi = self.world.shard(len(y))
+            x, y, reduce = x[lo:hi], y[lo:hi], distributed.all_reduce
+        return evaluate_detailed(self.model, x, y, self.normalizer, self.cfg.train.eval_batch_size,
+                                 self.cfg.train.channels_last, progress.eval_batch if progress is not None else None,
+                                 reduce)
 
     def _check_finite(self, epoch: int, record: dict[str, Any] | None = None) -> None:
         """One host read per logging point: the first non-finite loss step, non-finite weights, eval losses."""
@@ -597,11 +598,11 @@ class Trainer:
         for i, (x, y) in enumerate(self.loader):
             if step >= total_steps:
                 break
+            self.progress_epochs = epoch + i / steps_per_epoch  # fractional: the schedule's and objectives' ramps
             eta = set_learning_rates(self.optimizer, cfg.optim.lr,
-                                     lr_factor(cfg.schedule, epoch + i / steps_per_epoch, t.epochs), cfg.schedule.min_lr)
+                                     lr_factor(cfg.schedule, self.progress_epochs, t.epochs), cfg.schedule.min_lr)
             # DDP averages the ranks' gradients: a slice of n of a global batch of N weighs n·world/N, so the
             # average is the gradient of the global batch's mean loss (1 whenever the slices are equal)
-            self.progress_epochs = epoch + (self.loader.start + i) / steps_per_epoch  # fractional, for ramps
             loss, terms = self._train_step(x, y, step) if world == 1 else \
                 self._train_step(x, y, step, len(y) * world / self.loader.global_batch_size(self.loader.start + i))
             step, n_batches, seen = step + 1, n_batches + 1, seen + len(y)
@@ -673,7 +674,7 @@ class Trainer:
                    "weights": "+".join(getattr(h, "weights_name", type(h).__name__) for h in self._weight_swaps)
                    or "trained",
                    # with an EMA (or another swap) evaluated, the trained weights' figures too, to compare
-                   **({"final_trained": self.evaluate(trained_weights=True)} if self._weight_swaps else {}),
+                   **({"final_trained": dict(self._evaluate_test().metrics)} if self._weight_swaps else {}),
                    **({"per_class": last.per_class(list(self.data.classes))} if last is not None else {})}
         if self.world.is_main:
             ckpt.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))

@@ -37,6 +37,7 @@ class WeightEMA(Hook):
             raise ConfigError(f"hook ema: decay must lie in [0, 1), got {decay!r}; MixMatch uses 0.999")
         self.decay = float(decay)
         self.shadow: dict[str, torch.Tensor] | None = None
+        self._live: list[torch.Tensor] | None = None  # the model's state tensors, in shadow order (read once)
 
     @property
     def weights_name(self) -> str:
@@ -46,16 +47,18 @@ class WeightEMA(Hook):
     def _start(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         if self.shadow is None:
             self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if self._live is None:  # state_dict's tensors share the weights' storage, updated in place by each step
+            state = model.state_dict()
+            self._live = [state[k] for k in self.shadow]
         return self.shadow
 
     def on_fit_start(self, ctx) -> None:
-        self.shadow = None
+        self.shadow = self._live = None
         self._start(ctx.model)
 
     def after_step(self, ctx, step: int) -> None:
         shadow = self._start(ctx.model)
-        state = ctx.model.state_dict()
-        ema_update(list(shadow.values()), [state[k] for k in shadow], self.decay)
+        ema_update(list(shadow.values()), self._live, self.decay)
 
     @contextmanager
     def evaluation_weights(self, ctx) -> Iterator[None]:
@@ -73,3 +76,4 @@ class WeightEMA(Hook):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         shadow = state.get("shadow") or {}
         self.shadow = {k: v.clone() for k, v in shadow.items()} or None
+        self._live = None
